@@ -1,0 +1,212 @@
+//! The harness every service binary shares, so each `main.rs` reads: load config -> init
+//! telemetry -> install shutdown -> `run` -> bounded drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use ve_runtime::{CancellationToken, Supervisor};
+use ve_telemetry::{Health, LogConfig};
+
+pub mod deps;
+
+pub use ve_runtime::RuntimeError;
+
+/// `[admin]` section: the port Prometheus and Kubernetes probes talk to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Budget for draining in-flight work after SIGTERM; keep it below the pod's
+    /// `terminationGracePeriodSeconds`.
+    pub drain_timeout_ms: u64,
+}
+
+/// What the harness needs from any service's configuration.
+pub trait ServiceConfig: DeserializeOwned + std::fmt::Debug + Send + 'static {
+    fn log(&self) -> &LogConfig;
+    fn admin(&self) -> &AdminConfig;
+}
+
+/// Runtime hand-off from the harness (or a test) to a service's `run`.
+#[derive(Debug)]
+pub struct Context {
+    pub service: &'static str,
+    pub admin: TcpListener,
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    /// For tests: admin port 0 on loopback, a fresh shutdown token.
+    pub async fn ephemeral(service: &'static str) -> std::io::Result<Self> {
+        Ok(Self {
+            service,
+            admin: TcpListener::bind("127.0.0.1:0").await?,
+            shutdown: CancellationToken::new(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Startup(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl ServiceError {
+    pub fn startup(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::Startup(format!("{what}: {e}"))
+    }
+}
+
+/// A service's running parts: supervised tasks plus the admin port with its readiness checks.
+#[derive(Debug)]
+pub struct Harness {
+    pub supervisor: Supervisor,
+    health: Health,
+    service: &'static str,
+}
+
+impl Harness {
+    pub fn new(service: &'static str, shutdown: CancellationToken) -> Self {
+        Self {
+            supervisor: Supervisor::new(shutdown),
+            health: Health::new(),
+            service,
+        }
+    }
+
+    /// Adds a readiness check (broker, registry, store ...).
+    pub fn check<F, Fut, E>(&mut self, name: &str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let health = std::mem::take(&mut self.health);
+        self.health = health.with_check(name, move || {
+            let fut = check();
+            async move { fut.await.map_err(|e| e.to_string()) }
+        });
+    }
+
+    pub fn spawn<F, E>(&self, name: &str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.supervisor.spawn(name, task);
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.supervisor.token()
+    }
+
+    /// Serves the admin port, waits for shutdown (signal or a failed task), then drains.
+    pub async fn run(self, admin: TcpListener, drain: Duration) -> Result<(), ServiceError> {
+        let metrics =
+            ve_telemetry::metrics_recorder().map_err(|e| ServiceError::startup("metrics", e))?;
+        let token = self.supervisor.token();
+        let addr = admin
+            .local_addr()
+            .map_err(|e| ServiceError::startup("admin listener", e))?;
+        let router = ve_telemetry::admin_router(self.health.clone(), metrics);
+        // The admin port outlives the drain so probes keep answering (ready=503) until the end.
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(ve_telemetry::serve_admin(admin, router, admin_stop.clone()));
+        tracing::info!(service = self.service, admin = %addr, "started");
+        let health = self.health.clone();
+        let draining = tokio::spawn(async move {
+            token.cancelled().await;
+            health.set_draining();
+        });
+        let result = self.supervisor.run_until_shutdown(drain).await;
+        draining.abort();
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        tracing::info!(service = self.service, "stopped");
+        result.map_err(ServiceError::from)
+    }
+}
+
+/// The whole of a service's `main`: config (all problems reported, exit 2), logs, runtime,
+/// signals, `run`, exit status.
+pub fn main<C, F, Fut>(service: &'static str, defaults: &'static str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, Context) -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>>,
+{
+    let env = ve_config::process_env();
+    let files = ve_config::files_from_args(std::env::args().skip(1), &env);
+    if std::env::args().any(|a| a == "--print-defaults") {
+        print!("{defaults}");
+        return ExitCode::SUCCESS;
+    }
+    let config: C = match ve_config::Sources::new(service, defaults)
+        .env(env)
+        .files_iter(files)
+        .load()
+    {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ve-{service}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = ve_telemetry::init_logging(config.log()) {
+        eprintln!("ve-{service}: {e}");
+        return ExitCode::from(2);
+    }
+    tracing::debug!(?config, "configuration loaded");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ve-{service}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        let admin_addr = config.admin().listen;
+        let admin = TcpListener::bind(admin_addr).await.map_err(|e| {
+            ServiceError::startup(&format!("cannot bind admin port {admin_addr}"), e)
+        })?;
+        let shutdown = CancellationToken::new();
+        ve_runtime::cancel_on_signals(shutdown.clone()).map_err(ServiceError::from)?;
+        run(
+            config,
+            Context {
+                service,
+                admin,
+                shutdown,
+            },
+        )
+        .await
+    });
+    // Background tasks (producer flushes, idle pools) must not hold the process open.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("ve-{service}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `[http]` / `[grpc]` sections of the services that take requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub listen: SocketAddr,
+}

@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    ve_service::main("invoicer", ve_invoicer::DEFAULTS, ve_invoicer::run)
+}

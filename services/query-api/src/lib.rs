@@ -1,0 +1,59 @@
+//! Serves reports, metrics, runs, invoices, SELECT-only SQL and live alerts over REST and gRPC.
+//!
+//! Skeleton: starts, loads its configuration, prepares its topics and schemas, serves its admin
+//! port with readiness on its dependencies, and drains on SIGTERM.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use ve_kafka::KafkaConfig;
+use ve_schema::{Codec, RegistryConfig, topics};
+use ve_service::{AdminConfig, Context, Harness, ListenConfig, ServiceConfig, ServiceError, deps};
+use ve_store::ClickHouseConfig;
+use ve_telemetry::LogConfig;
+
+/// Built-in defaults; every key is documented there.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Topics whose envelope schema this service registers at start.
+pub const PRODUCES: &[&str] = &[];
+/// Topics this service reads.
+pub const CONSUMES: &[&str] = &[topics::OPS_ALERT];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub http: ListenConfig,
+    pub grpc: ListenConfig,
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    pub clickhouse: ClickHouseConfig,
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
+    }
+}
+
+pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
+    let codec =
+        Codec::new(&config.registry).map_err(|e| ServiceError::startup("registry client", e))?;
+    deps::prepare(&config.kafka, &codec, PRODUCES, CONSUMES).await?;
+    let mut harness = Harness::new(ctx.service, ctx.shutdown);
+    deps::check_broker(&mut harness, &config.kafka);
+    deps::check_registry(&mut harness, &config.registry);
+    deps::check_clickhouse(&mut harness, &config.clickhouse);
+    harness
+        .run(
+            ctx.admin,
+            Duration::from_millis(config.admin.drain_timeout_ms),
+        )
+        .await
+}
