@@ -61,7 +61,9 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
             }
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let results = admin
         .create_topics(&specs, &options)
         .await
@@ -115,4 +117,53 @@ pub async fn ping(config: &KafkaConfig) -> Result<(), KafkaError> {
         brokers: config.brokers.clone(),
         reason: e.to_string(),
     })?
+}
+
+/// Queries partition watermarks over one long-lived client (for read-your-writes checks).
+#[derive(Clone)]
+pub struct Watermarks {
+    consumer: std::sync::Arc<BaseConsumer>,
+    brokers: String,
+}
+
+impl std::fmt::Debug for Watermarks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watermarks")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watermarks {
+    pub fn new(config: &KafkaConfig, service: &str) -> Result<Self, KafkaError> {
+        let consumer: BaseConsumer = config
+            .client(service)
+            .create()
+            .map_err(|e| KafkaError::Config(e.to_string()))?;
+        Ok(Self {
+            consumer: std::sync::Arc::new(consumer),
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// Offset one past the last record of the partition.
+    pub async fn high(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        let consumer = std::sync::Arc::clone(&self.consumer);
+        let topic = topic.to_owned();
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .map(|(_, high)| high)
+                .map_err(|e| KafkaError::Unreachable {
+                    brokers,
+                    reason: e.to_string(),
+                })
+        })
+        .await
+        .map_err(|e| KafkaError::Unreachable {
+            brokers: self.brokers.clone(),
+            reason: e.to_string(),
+        })?
+    }
 }

@@ -11,7 +11,7 @@ mod producer;
 mod record;
 mod tail;
 
-pub use admin::{TopicSpec, ensure_topics, ping};
+pub use admin::{TopicSpec, Watermarks, ensure_topics, ping};
 pub use config::KafkaConfig;
 pub use consumer::{Outcome, Stage, StageError, run_stage};
 pub use producer::Producer;

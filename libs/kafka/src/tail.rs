@@ -57,15 +57,23 @@ where
                 brokers: brokers.clone(),
                 reason: e.to_string(),
             };
-            let metadata = consumer
-                .fetch_metadata(Some(&name), Duration::from_secs(10))
-                .map_err(unreachable)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == name && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
+            // A topic created a moment ago may not be in every broker's metadata yet.
+            let mut partitions: Vec<i32> = Vec::new();
+            for _ in 0..50 {
+                let metadata = consumer
+                    .fetch_metadata(Some(&name), Duration::from_secs(10))
+                    .map_err(unreachable)?;
+                partitions = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == name && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !partitions.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
             if partitions.is_empty() {
                 return Err(KafkaError::Consume {
                     topics: name,

@@ -44,24 +44,19 @@ fn host_port(url: &str) -> &str {
 
 impl Stack {
     /// The stack from `VE_TEST_BROKERS`, `VE_TEST_REGISTRY`, `VE_TEST_CLICKHOUSE` (defaults: the
-    /// local stack's loopback ports), after checking each one answers.
+    /// local stack's loopback ports). Each accessor checks that its component answers and panics
+    /// with instructions when it does not.
     pub fn require() -> Self {
-        let stack = Self {
+        Self {
             brokers: env_or("VE_TEST_BROKERS", "127.0.0.1:9092"),
             registry: env_or("VE_TEST_REGISTRY", "http://127.0.0.1:8081"),
             clickhouse: env_or("VE_TEST_CLICKHOUSE", "http://127.0.0.1:8123"),
-        };
-        require(
-            "broker",
-            stack.brokers.split(',').next().unwrap_or_default(),
-        );
-        require("schema registry", host_port(&stack.registry));
-        require("ClickHouse engine", host_port(&stack.clickhouse));
-        stack
+        }
     }
 
     /// Client settings for tests: short group timeouts so a consumer group forms in seconds.
     pub fn kafka(&self, group: &str) -> KafkaConfig {
+        require("broker", self.brokers.split(',').next().unwrap_or_default());
         KafkaConfig {
             brokers: self.brokers.clone(),
             group_id: group.to_owned(),
@@ -84,6 +79,7 @@ impl Stack {
     }
 
     pub fn registry(&self) -> RegistryConfig {
+        require("schema registry", host_port(&self.registry));
         RegistryConfig {
             url: self.registry.clone(),
             username: String::new(),
@@ -94,6 +90,7 @@ impl Stack {
 
     /// A ClickHouse config for a database of the test's own.
     pub fn clickhouse(&self, database: &str) -> ClickHouseConfig {
+        require("ClickHouse engine", host_port(&self.clickhouse));
         let local = self.clickhouse.contains("127.0.0.1:8123")
             || self.clickhouse.contains("localhost:8123");
         ClickHouseConfig {

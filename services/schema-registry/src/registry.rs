@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -152,7 +152,10 @@ pub struct Registry {
     log: Arc<dyn SchemaLog>,
     config: RegistryConfig,
     state: RwLock<State>,
-    /// Offset of the next record to apply (= last applied + 1).
+    /// Offset of the last record applied; re-deliveries at or below it are skipped. Kept apart
+    /// from `applied` so that an `advance` that overshoots can never make records be skipped.
+    last_record: AtomicI64,
+    /// Offset up to which the log counts as applied, for waiting writers.
     applied: watch::Sender<i64>,
     /// Serialises this instance's writers, so they never race each other.
     write_lock: tokio::sync::Mutex<()>,
@@ -178,6 +181,7 @@ impl Registry {
             log,
             state: RwLock::new(State::new(config.default_compatibility)),
             config,
+            last_record: AtomicI64::new(-1),
             applied: watch::Sender::new(0),
             write_lock: tokio::sync::Mutex::new(()),
             parsed: Mutex::new(HashMap::new()),
@@ -187,16 +191,18 @@ impl Registry {
 
     // ---- feeding ----
 
-    /// Applies the log record at `offset`. Records must come in offset order; offsets below
-    /// [`Registry::applied_offset`] are skipped, so re-delivery after a consumer restart is
+    /// Applies the log record at `offset`. Records must come in offset order; offsets at or
+    /// below the last applied record are skipped, so re-delivery after a consumer restart is
     /// harmless.
     pub fn apply(&self, offset: i64, key: &[u8], value: Option<&[u8]>) {
-        if offset < *self.applied.borrow() {
-            return;
-        }
         let outcome = {
             let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-            state.apply(key, value)
+            if offset <= self.last_record.load(Ordering::Acquire) {
+                return;
+            }
+            let outcome = state.apply(key, value);
+            self.last_record.store(offset, Ordering::Release);
+            outcome
         };
         metrics::counter!("schema_registry_records_applied_total", "outcome" => outcome.label())
             .increment(1);
@@ -217,7 +223,9 @@ impl Registry {
     }
 
     /// Records that the consumer's position reached `next_offset` without (more) records to
-    /// apply, e.g. at the end of a compacted topic. Writers wait on this position.
+    /// apply, e.g. at the end of a compacted topic. Writers wait on this position, so pass the
+    /// consumer's real position: a larger value does not lose records, but lets writers decide
+    /// before they see them (they then retry, at the cost of extra attempts).
     pub fn advance(&self, next_offset: i64) {
         let _ = self.applied.send_if_modified(|applied| {
             if next_offset > *applied {
