@@ -196,7 +196,12 @@ values for the sections it has, then its `config` overrides. Secrets are not par
 {{- end -}}
 {{- if has "kafka" $meta.sections -}}
 {{- $k := $root.Values.kafka -}}
-{{- $_ := set $cfg "kafka" (dict "brokers" (required "kafka.brokers is required" $k.brokers) "security_protocol" $k.securityProtocol "sasl_mechanism" $k.saslMechanism "sasl_username" $k.saslUsername "partitions" (int64 $k.partitions) "replication_factor" (int64 $k.replicationFactor)) -}}
+{{- $kafka := dict "brokers" (required "kafka.brokers is required" $k.brokers) "security_protocol" $k.securityProtocol "sasl_mechanism" $k.saslMechanism "sasl_username" $k.saslUsername "partitions" (int64 $k.partitions) "replication_factor" (int64 $k.replicationFactor) -}}
+{{- if eq .name "schema-registry" -}}
+{{- /* The registry's schema log must stay a single partition (one total order). */ -}}
+{{- $_ := unset $kafka "partitions" -}}
+{{- end -}}
+{{- $_ := set $cfg "kafka" $kafka -}}
 {{- end -}}
 {{- if has "registry" $meta.sections -}}
 {{- $user := ternary "" $root.Values.externalSchemaRegistry.username $root.Values.schemaRegistry.enabled -}}

@@ -110,3 +110,91 @@ impl Stack {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple()).replace('-', "_")
 }
+
+impl Stack {
+    /// Environment overrides that point a service's configuration at this stack (and at a
+    /// private object-store directory), with short consumer-group timeouts.
+    pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
+        let prefix = ve_config::env_prefix(service);
+        let clickhouse = self.clickhouse("value_engine");
+        let registry = self.registry();
+        let archive = std::env::temp_dir().join(unique("ve-archive"));
+        [
+            ("KAFKA__BROKERS", self.kafka("unused").brokers),
+            ("KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("KAFKA__MAX_POLL_INTERVAL_MS", "7000".to_owned()),
+            ("REGISTRY__URL", registry.url),
+            ("CLICKHOUSE__URL", clickhouse.url),
+            ("CLICKHOUSE__COMPRESSION", clickhouse.compression),
+            ("OBJECT_STORE__URL", format!("file://{}", archive.display())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
+    }
+}
+
+/// Starts a service through its real `run` on this stack, waits until `/health/ready` answers
+/// 200, then requests shutdown and checks that it drains and returns cleanly.
+pub async fn assert_service_lifecycle<C, F, Fut>(service: &'static str, defaults: &'static str, run: F)
+where
+    C: ve_service::ServiceConfig,
+    F: FnOnce(C, ve_service::Context) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ve_service::ServiceError>> + Send + 'static,
+{
+    let stack = Stack::require();
+    let mut env = stack.service_env(service);
+    // Keys a service lacks are rejected, so keep only those in its defaults.
+    env.retain(|(key, _)| {
+        let section = key.trim_start_matches(&ve_config::env_prefix(service)).split("__").next().unwrap_or_default();
+        defaults.contains(&format!("[{}]", section.to_ascii_lowercase()))
+    });
+    let config: C = ve_config::Sources::new(service, defaults).env(env).load().expect("test configuration loads");
+    let ctx = ve_service::Context::ephemeral(service).await.expect("bind admin port");
+    let admin = ctx.admin.local_addr().expect("admin address");
+    let shutdown = ctx.shutdown.clone();
+    let running = tokio::spawn(run(config, ctx));
+
+    let ready_url = format!("http://{admin}/health/ready");
+    let mut last = String::new();
+    let mut ready = false;
+    for _ in 0..300 {
+        assert!(!running.is_finished(), "{service} stopped during start-up: {:?}", running.await);
+        if let Some((status, body)) = http_get(&ready_url).await {
+            if status == 200 {
+                ready = true;
+                break;
+            }
+            last = body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "{service} never became ready; last /health/ready: {last}");
+    let (status, metrics) = http_get(&format!("http://{admin}/metrics")).await.expect("metrics answer");
+    assert_eq!(status, 200, "{metrics}");
+    let (status, _) = http_get(&format!("http://{admin}/health/live")).await.expect("live answers");
+    assert_eq!(status, 200);
+
+    shutdown.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .unwrap_or_else(|_| panic!("{service} did not drain within 30 s"))
+        .expect("service task");
+    assert!(outcome.is_ok(), "{service} stopped with {outcome:?}");
+}
+
+/// Minimal HTTP/1.1 GET over a plain socket: enough for admin endpoints, no client dependency.
+async fn http_get(url: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}

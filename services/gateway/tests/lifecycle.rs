@@ -1,0 +1,6 @@
+//! The service starts on the real local stack, reports ready, and drains cleanly on shutdown.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_ready_and_stops_cleanly() {
+    ve_testkit::assert_service_lifecycle("gateway", ve_gateway::DEFAULTS, ve_gateway::run).await;
+}
