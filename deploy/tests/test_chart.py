@@ -251,6 +251,8 @@ class ConfigTest(ChartTestCase):
                     config_keys = set(support.leaf_keys(rendered.config_of(service)))
                     self.assertFalse(config_keys & support.SECRET_KEYS, "a credential in the ConfigMap")
                     if values.get("existingSecret") and defaults is not None:
+                        # all-on sets every username / mechanism, so every credential is read,
+                        # except the registry's when the chart's own (password-less) one is used.
                         wanted = {k for k in support.SECRET_KEYS if support.key_exists(defaults, k)}
                         if values.get("schemaRegistry", {}).get("enabled"):
                             wanted.discard("registry.password")
@@ -297,6 +299,20 @@ class PodSafetyTest(ChartTestCase):
                 sleep = pod["containers"][0].get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
                 with self.subTest(values=label, service=service):
                     self.assertGreater(pod["terminationGracePeriodSeconds"] * 1000, drain_ms + sleep * 1000)
+
+    def test_credentials_are_read_only_where_used(self) -> None:
+        values = {"existingSecret": "creds"}
+        rendered = render(values)
+        env = {rendered.component(d): {e["name"] for e in containers(d)[0].get("env", [])}
+               for d in rendered.kind("Deployment")}
+        self.assertEqual(env["clickhouse-sink"], {"VE_CLICKHOUSE_SINK__CLICKHOUSE__PASSWORD"})
+        self.assertEqual(env["s3-archiver"], set(), "no access key id: no S3 secret (e.g. IRSA)")
+        self.assertEqual(env["gateway"], set(), "no SASL, no registry username")
+        values.update(kafka={"saslMechanism": "SCRAM-SHA-256", "brokers": "b:9092"},
+                      externalSchemaRegistry={"username": "u"}, objectStore={"accessKeyId": "k", "url": "s3://b/p"})
+        env = {support.env_to_key(rendered.component(d), e["name"])
+               for d in render(values).kind("Deployment") for e in containers(d)[0].get("env", [])}
+        self.assertEqual(env, support.SECRET_KEYS)
 
     def test_secret_values_never_rendered(self) -> None:
         for label, rendered, _ in self.releases():

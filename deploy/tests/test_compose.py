@@ -174,6 +174,23 @@ class ComposeTest(unittest.TestCase):
                         defaults["admin"]["drain_timeout_ms"])) / 1000
                     self.assertGreater(seconds(spec["stop_grace_period"]), drain_s)
 
+    def test_observability_profile_scrapes_every_service(self) -> None:
+        prometheus = self.services["prometheus"]
+        # host path -> container path of the bind mounts
+        mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in prometheus["volumes"] if v.startswith("./"))
+        self.assertIn(f"--config.file={mounts['./deploy/prometheus/prometheus.yml']}", prometheus["command"])
+        config = support.load_yaml(support.ROOT / "deploy" / "prometheus" / "prometheus.yml")
+        self.assertEqual(config["rule_files"], [mounts["./deploy/prometheus/alerts.yml"]])
+        jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
+        always_on = {n for n, s in self.ve.items() if not self.services[n].get("profiles")}
+        self.assertEqual(set(jobs), always_on, "a job per service, named after it (the alert rules match on job)")
+        for job, targets in jobs.items():
+            self.assertEqual(targets, [f"{job}:{support.admin_port(job)}"])
+        grafana = self.services["grafana"]
+        dashboards = support.load_yaml(support.ROOT / "deploy/grafana/provisioning/dashboards/value-engine.yml")
+        path = dashboards["providers"][0]["options"]["path"]
+        self.assertIn(f"./deploy/grafana/value-engine.json:{path}/value-engine.json:ro", grafana["volumes"])
+
     def test_env_example_lists_every_setting_with_the_same_default(self) -> None:
         used = support.compose_variables(self.text)
         self.assertEqual(set(used) - set(self.env), set(), "used by docker-compose.yml, missing in .env.example")

@@ -286,32 +286,37 @@ values for the sections it has, then its `config` overrides. Secrets are not par
 {{- printf "VE_%s__" (. | upper | replace "-" "_") -}}
 {{- end -}}
 
-{{/* Credentials from existingSecret, for the sections the service has. (dict "root" $ "name" svc) */}}
+{{/*
+Credentials from existingSecret, for the sections the service has, and only where they are used:
+the SASL password with kafka.saslMechanism, the registry password with a registry username, the
+S3 secret with objectStore.accessKeyId, the ClickHouse password always.
+(dict "root" $ "name" svc)
+*/}}
 {{- define "ve.secretEnv" -}}
 {{- $root := .root -}}
+{{- $v := $root.Values -}}
 {{- $meta := index (include "ve.catalog" $root | fromYaml) .name -}}
 {{- $prefix := include "ve.envPrefix" .name -}}
-{{- $secret := $root.Values.existingSecret -}}
-{{- $keys := $root.Values.secretKeys -}}
-{{- if $secret -}}
+{{- $keys := $v.secretKeys -}}
+{{- if $v.existingSecret -}}
 {{- $refs := list -}}
-{{- if and (has "kafka" $meta.sections) $keys.kafkaSaslPassword -}}
+{{- if and (has "kafka" $meta.sections) $v.kafka.saslMechanism $keys.kafkaSaslPassword -}}
 {{- $refs = append $refs (list "KAFKA__SASL_PASSWORD" $keys.kafkaSaslPassword) -}}
 {{- end -}}
-{{- if and (has "registry" $meta.sections) $keys.registryPassword (not $root.Values.schemaRegistry.enabled) -}}
+{{- if and (has "registry" $meta.sections) (not $v.schemaRegistry.enabled) $v.externalSchemaRegistry.username $keys.registryPassword -}}
 {{- $refs = append $refs (list "REGISTRY__PASSWORD" $keys.registryPassword) -}}
 {{- end -}}
 {{- if and (has "clickhouse" $meta.sections) $keys.clickhousePassword -}}
 {{- $refs = append $refs (list "CLICKHOUSE__PASSWORD" $keys.clickhousePassword) -}}
 {{- end -}}
-{{- if and (has "object_store" $meta.sections) $keys.objectStoreSecretAccessKey -}}
+{{- if and (has "object_store" $meta.sections) $v.objectStore.accessKeyId $keys.objectStoreSecretAccessKey -}}
 {{- $refs = append $refs (list "OBJECT_STORE__SECRET_ACCESS_KEY" $keys.objectStoreSecretAccessKey) -}}
 {{- end -}}
 {{- range $refs }}
 - name: {{ $prefix }}{{ index . 0 }}
   valueFrom:
     secretKeyRef:
-      name: {{ $secret }}
+      name: {{ $v.existingSecret }}
       key: {{ index . 1 }}
 {{- end -}}
 {{- end -}}

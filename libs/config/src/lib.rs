@@ -158,7 +158,6 @@ impl<'a> Sources<'a> {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(EnvMap::new(self.service, &self.env));
         let defaults: Value = Figment::from(Toml::string(self.defaults))
             .extract()
             .map_err(|e| ConfigError::Invalid {
@@ -169,6 +168,7 @@ impl<'a> Sources<'a> {
                     source: None,
                 }],
             })?;
+        figment = figment.merge(EnvMap::new(self.service, &self.env, &defaults));
         collect(self.service, &figment, &defaults)
     }
 }
@@ -288,18 +288,26 @@ fn set_path(value: &mut Value, path: &[String], replacement: Option<Value>) -> b
 /// Environment variables as a figment provider, read from a map rather than the process.
 struct EnvMap {
     prefix: String,
-    vars: Vec<(String, String)>,
+    vars: Vec<(String, Value)>,
 }
 
 impl EnvMap {
-    fn new(service: &str, env: &BTreeMap<String, String>) -> Self {
+    /// Values are typed by the default they replace: a key whose default is a string stays a
+    /// string (a password of `123456` or `true` is text), others are parsed (`9`, `true`,
+    /// `[a, b]`). Keys without a default (map entries such as `kafka.extra.*`) are strings.
+    fn new(service: &str, env: &BTreeMap<String, String>, defaults: &Value) -> Self {
         let prefix = env_prefix(service);
         let vars = env
             .iter()
-            .filter_map(|(k, v)| {
-                let rest = k.strip_prefix(&prefix)?;
-                (!rest.is_empty())
-                    .then(|| (rest.to_ascii_lowercase().replace("__", "."), v.clone()))
+            .filter_map(|(k, raw)| {
+                let rest = k.strip_prefix(&prefix).filter(|r| !r.is_empty())?;
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                let value = match lookup(defaults, &path) {
+                    Some(Value::String(..)) | None => Value::from(raw.clone()),
+                    Some(_) => raw.parse().unwrap_or_else(|_| Value::from(raw.clone())),
+                };
+                Some((key, value))
             })
             .collect();
         Self { prefix, vars }
@@ -316,9 +324,8 @@ impl Provider for EnvMap {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
-        for (key, raw) in &self.vars {
-            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
-            if let Value::Dict(_, nested) = figment::util::nest(key, value) {
+        for (key, value) in &self.vars {
+            if let Value::Dict(_, nested) = figment::util::nest(key, value.clone()) {
                 dict = merge(dict, nested);
             }
         }
@@ -467,6 +474,21 @@ mod tests {
         let debug = format!("{conf:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("***"), "{debug}");
+    }
+
+    #[test]
+    fn string_keys_stay_strings_whatever_they_look_like() {
+        let conf: Conf = Sources::new("gateway", DEFAULTS)
+            .env([
+                ("VE_GATEWAY__KAFKA__PASSWORD", "123456"),
+                ("VE_GATEWAY__KAFKA__BROKERS", "true"),
+                ("VE_GATEWAY__KAFKA__LINGER_MS", "12"),
+            ])
+            .load()
+            .unwrap();
+        assert_eq!(conf.kafka.password.expose(), "123456");
+        assert_eq!(conf.kafka.brokers, "true");
+        assert_eq!(conf.kafka.linger_ms, 12);
     }
 
     #[test]

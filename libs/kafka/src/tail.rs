@@ -2,7 +2,7 @@
 //! how control data (tenants, CMDB tags, rules) and the registry's `_schemas` log are loaded into
 //! memory at start and kept current.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -40,7 +40,10 @@ where
         // Required by librdkafka even without subscribing; nothing is ever committed under it.
         .set("group.id", format!("{service}-tail-{}", uuid_like()))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        // "Caught up" is the consumer reaching the end of every partition it fetched. Listed
+        // watermarks are not used for this: some brokers (Tansu 0.6) under-report them for
+        // multi-record batches.
+        .set("enable.partition.eof", "true");
     config.apply_extra(&mut client);
     let consumer: Arc<StreamConsumer> = Arc::new(
         client
@@ -80,15 +83,7 @@ where
                     reason: "topic does not exist".into(),
                 });
             }
-            let mut pending = HashMap::new();
-            for &p in &partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(&name, p, Duration::from_secs(10))
-                    .map_err(unreachable)?;
-                if high > low {
-                    let _ = pending.insert(p, high);
-                }
-            }
+            let pending: HashSet<i32> = partitions.iter().copied().collect();
             Ok((partitions, pending))
         })
         .await
@@ -114,10 +109,7 @@ where
             reason: e.to_string(),
         })?;
 
-    let mut caught_up = pending.is_empty();
-    if caught_up {
-        handler(TailEvent::CaughtUp).await;
-    }
+    let mut caught_up = false;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -125,26 +117,20 @@ where
         };
         let record = match message {
             Ok(message) => Record::from_message(&message),
+            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                if !caught_up && pending.remove(&partition) && pending.is_empty() {
+                    caught_up = true;
+                    handler(TailEvent::CaughtUp).await;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(topic, error = %e, "tail poll failed, retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        let (partition, offset) = (record.partition, record.offset);
         handler(TailEvent::Record(record)).await;
-        if !caught_up {
-            if pending
-                .get(&partition)
-                .is_some_and(|high| offset + 1 >= *high)
-            {
-                let _ = pending.remove(&partition);
-            }
-            if pending.is_empty() {
-                caught_up = true;
-                handler(TailEvent::CaughtUp).await;
-            }
-        }
     }
 }
 

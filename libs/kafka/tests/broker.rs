@@ -1,6 +1,8 @@
 //! Against the real broker of the local stack: the staged loop's delivery guarantees, dead
 //! letters, and compacted-table following.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

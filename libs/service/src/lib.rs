@@ -65,21 +65,47 @@ impl ServiceError {
     }
 }
 
-/// A service's running parts: supervised tasks plus the admin port with its readiness checks.
+/// A service's running parts: the admin port (serving from the moment the harness exists, so
+/// probes get answers during start-up), readiness checks, and supervised tasks.
 #[derive(Debug)]
 pub struct Harness {
     pub supervisor: Supervisor,
     health: Health,
     service: &'static str,
+    admin: Option<(
+        tokio::task::JoinHandle<Result<(), ve_telemetry::TelemetryError>>,
+        CancellationToken,
+    )>,
 }
 
 impl Harness {
-    pub fn new(service: &'static str, shutdown: CancellationToken) -> Self {
-        Self {
-            supervisor: Supervisor::new(shutdown),
-            health: Health::new(),
-            service,
-        }
+    /// Starts serving the admin port of `ctx`; `/health/ready` answers 503 ("starting") until
+    /// [`Harness::started`].
+    pub fn start(ctx: Context) -> Result<Self, ServiceError> {
+        let metrics =
+            ve_telemetry::metrics_recorder().map_err(|e| ServiceError::startup("metrics", e))?;
+        let health = Health::starting();
+        let addr = ctx
+            .admin
+            .local_addr()
+            .map_err(|e| ServiceError::startup("admin listener", e))?;
+        let router = ve_telemetry::admin_router(health.clone(), metrics);
+        // The admin port outlives the drain so probes keep answering (ready=503) until the end.
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(ve_telemetry::serve_admin(ctx.admin, router, stop.clone()));
+        tracing::info!(service = ctx.service, admin = %addr, "starting");
+        let token = ctx.shutdown.clone();
+        let draining = health.clone();
+        drop(tokio::spawn(async move {
+            token.cancelled().await;
+            draining.set_draining();
+        }));
+        Ok(Self {
+            supervisor: Supervisor::new(ctx.shutdown),
+            health,
+            service: ctx.service,
+            admin: Some((task, stop)),
+        })
     }
 
     /// Adds a readiness check (broker, registry, store ...).
@@ -89,11 +115,26 @@ impl Harness {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let health = std::mem::take(&mut self.health);
-        self.health = health.with_check(name, move || {
+        self.health.add_check(name, move || {
             let fut = check();
             async move { fut.await.map_err(|e| e.to_string()) }
         });
+    }
+
+    /// Runs start-up work unless shutdown is requested first (`None`): a SIGTERM while waiting
+    /// for a broker must not wait for the broker.
+    pub async fn until_shutdown<F: Future>(&self, work: F) -> Option<F::Output> {
+        let token = self.supervisor.token();
+        tokio::select! {
+            _ = token.cancelled() => None,
+            output = work => Some(output),
+        }
+    }
+
+    /// Start-up is done: readiness now depends on the checks only.
+    pub fn started(&self) {
+        self.health.set_started();
+        tracing::info!(service = self.service, "started");
     }
 
     pub fn spawn<F, E>(&self, name: &str, task: F)
@@ -108,28 +149,13 @@ impl Harness {
         self.supervisor.token()
     }
 
-    /// Serves the admin port, waits for shutdown (signal or a failed task), then drains.
-    pub async fn run(self, admin: TcpListener, drain: Duration) -> Result<(), ServiceError> {
-        let metrics =
-            ve_telemetry::metrics_recorder().map_err(|e| ServiceError::startup("metrics", e))?;
-        let token = self.supervisor.token();
-        let addr = admin
-            .local_addr()
-            .map_err(|e| ServiceError::startup("admin listener", e))?;
-        let router = ve_telemetry::admin_router(self.health.clone(), metrics);
-        // The admin port outlives the drain so probes keep answering (ready=503) until the end.
-        let admin_stop = CancellationToken::new();
-        let admin_task = tokio::spawn(ve_telemetry::serve_admin(admin, router, admin_stop.clone()));
-        tracing::info!(service = self.service, admin = %addr, "started");
-        let health = self.health.clone();
-        let draining = tokio::spawn(async move {
-            token.cancelled().await;
-            health.set_draining();
-        });
-        let result = self.supervisor.run_until_shutdown(drain).await;
-        draining.abort();
-        admin_stop.cancel();
-        let _ = admin_task.await;
+    /// Waits for shutdown (signal or a failed task), drains within `drain`, stops the admin port.
+    pub async fn run(mut self, drain: Duration) -> Result<(), ServiceError> {
+        let result = self.supervisor.clone().run_until_shutdown(drain).await;
+        if let Some((task, stop)) = self.admin.take() {
+            stop.cancel();
+            let _ = task.await;
+        }
         tracing::info!(service = self.service, "stopped");
         result.map_err(ServiceError::from)
     }
@@ -160,6 +186,9 @@ where
             return ExitCode::from(2);
         }
     };
+    if std::env::args().any(|a| a == "--healthcheck") {
+        return healthcheck(config.admin().listen);
+    }
     if let Err(e) = ve_telemetry::init_logging(config.log()) {
         eprintln!("ve-{service}: {e}");
         return ExitCode::from(2);
@@ -209,4 +238,37 @@ where
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     pub listen: SocketAddr,
+}
+
+/// `--healthcheck`: exit 0 when the running service's `/health/ready` answers 200. Lets container
+/// images without a shell or curl (distroless) declare a Docker/Compose health check.
+fn healthcheck(listen: SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let target = if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    };
+    let probe = || -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /health/ready HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response)?;
+        Ok(response.starts_with("HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("not ready: http://{target}/health/ready");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("admin port {target} unreachable: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! `clickhouse` crate's insert + select with row validation on, the table features the sinks rely
 //! on, and migrations.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use ve_store::{Migration, migrate};
@@ -30,7 +32,8 @@ TTL toDateTime(event_time) + INTERVAL 90 DAY
 SETTINGS non_replicated_deduplication_window = 1000";
 
 fn events(n: usize) -> Vec<Event> {
-    let base = chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap();
+    let base =
+        chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap();
     (0..n)
         .map(|i| Event {
             event_id: uuid::Uuid::new_v4(),
@@ -44,7 +47,9 @@ fn events(n: usize) -> Vec<Event> {
 
 async fn insert(client: &clickhouse::Client, rows: &[Event], token: Option<&str>) {
     let client = match token {
-        Some(token) => client.clone().with_setting("insert_deduplication_token", token),
+        Some(token) => client
+            .clone()
+            .with_setting("insert_deduplication_token", token),
         None => client.clone(),
     };
     let mut insert = client.insert::<Event>("events").await.unwrap();
@@ -63,8 +68,11 @@ async fn insert_and_select_round_trip_with_validation_on() {
 
     let rows = events(500);
     insert(&client, &rows, None).await;
-    let mut back: Vec<Event> =
-        client.query("SELECT ?fields FROM events ORDER BY event_time DESC").fetch_all().await.unwrap();
+    let mut back: Vec<Event> = client
+        .query("SELECT ?fields FROM events ORDER BY event_time DESC")
+        .fetch_all()
+        .await
+        .unwrap();
     let mut expected = rows.clone();
     expected.sort_by_key(|e| std::cmp::Reverse(e.event_time));
     back.sort_by_key(|e| std::cmp::Reverse(e.event_time));
@@ -77,7 +85,11 @@ async fn insert_and_select_round_trip_with_validation_on() {
         .await
         .unwrap();
     assert_eq!(per_tenant, vec![("t1".to_owned(), 167)]);
-    client.query(&format!("DROP DATABASE {}", config.database)).execute().await.unwrap();
+    client
+        .query(&format!("DROP DATABASE {}", config.database))
+        .execute()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -91,31 +103,64 @@ async fn replayed_batches_insert_nothing_twice() {
     // The same batch twice under the same token (a redelivered topic/partition/offset range).
     insert(&client, &rows, Some("events-0-0-99")).await;
     insert(&client, &rows, Some("events-0-0-99")).await;
-    let count: u64 = client.query("SELECT count() FROM events").fetch_one().await.unwrap();
-    assert_eq!(count, 100, "the deduplication token drops the replayed block");
+    let count: u64 = client
+        .query("SELECT count() FROM events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        count, 100,
+        "the deduplication token drops the replayed block"
+    );
 
     // Rows that arrive again in a different batch collapse by key in ReplacingMergeTree.
     insert(&client, &rows[..10], Some("events-0-100-109")).await;
-    let distinct: u64 = client.query("SELECT count() FROM events FINAL").fetch_one().await.unwrap();
-    assert_eq!(distinct, 100, "ReplacingMergeTree keeps one row per event id");
-    client.query(&format!("DROP DATABASE {}", config.database)).execute().await.unwrap();
+    let distinct: u64 = client
+        .query("SELECT count() FROM events FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        distinct, 100,
+        "ReplacingMergeTree keeps one row per event id"
+    );
+    client
+        .query(&format!("DROP DATABASE {}", config.database))
+        .execute()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn errors_come_back_as_clickhouse_errors() {
     let config = Stack::require().clickhouse(&unique("ve_test"));
     config.ensure_database().await.unwrap();
-    let err = config.client().unwrap().query("SELECT * FROM no_such_table").execute().await.unwrap_err();
+    let err = config
+        .client()
+        .unwrap()
+        .query("SELECT * FROM no_such_table")
+        .execute()
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("Code: 60") && text.contains("UNKNOWN_TABLE"), "{text}");
+    assert!(
+        text.contains("Code: 60") && text.contains("UNKNOWN_TABLE"),
+        "{text}"
+    );
 }
 
 const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "events", statements: &[TABLE] },
+    Migration {
+        version: 1,
+        name: "events",
+        statements: &[TABLE],
+    },
     Migration {
         version: 2,
         name: "events_source",
-        statements: &["ALTER TABLE events ADD COLUMN IF NOT EXISTS source LowCardinality(String) DEFAULT ''"],
+        statements: &[
+            "ALTER TABLE events ADD COLUMN IF NOT EXISTS source LowCardinality(String) DEFAULT ''",
+        ],
     },
 ];
 
@@ -123,7 +168,11 @@ const MIGRATIONS: &[Migration] = &[
 async fn migrations_apply_once() {
     let config = Stack::require().clickhouse(&unique("ve_test"));
     assert_eq!(migrate(&config, MIGRATIONS).await.unwrap(), 2);
-    assert_eq!(migrate(&config, MIGRATIONS).await.unwrap(), 0, "a second start applies nothing");
+    assert_eq!(
+        migrate(&config, MIGRATIONS).await.unwrap(),
+        0,
+        "a second start applies nothing"
+    );
     let columns: Vec<String> = config
         .client()
         .unwrap()
@@ -131,6 +180,22 @@ async fn migrations_apply_once() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(columns, ["event_id", "tenant_id", "event_time", "value", "properties", "source"]);
-    config.server_client().unwrap().query(&format!("DROP DATABASE {}", config.database)).execute().await.unwrap();
+    assert_eq!(
+        columns,
+        [
+            "event_id",
+            "tenant_id",
+            "event_time",
+            "value",
+            "properties",
+            "source"
+        ]
+    );
+    config
+        .server_client()
+        .unwrap()
+        .query(&format!("DROP DATABASE {}", config.database))
+        .execute()
+        .await
+        .unwrap();
 }

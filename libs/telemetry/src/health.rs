@@ -25,36 +25,70 @@ pub type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What `/health/ready` reports: every dependency answering and the process not shutting down.
+/// What `/health/ready` reports: start-up finished, every dependency answering, and the process
+/// not shutting down. Cheap to clone; clones share state, so checks added after the admin port
+/// started serving are seen by it.
 #[derive(Clone, Default)]
 pub struct Health {
-    checks: Vec<(String, Check)>,
+    checks: Arc<std::sync::RwLock<Vec<(String, Check)>>>,
+    started: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.checks.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<String> = self.checks().into_iter().map(|(n, _)| n).collect();
         f.debug_struct("Health")
             .field("checks", &names)
+            .field("started", &self.started)
             .field("draining", &self.draining)
             .finish()
     }
 }
 
 impl Health {
+    /// Health of a process that has finished starting (tests, simple tools).
     pub fn new() -> Self {
+        let health = Self::default();
+        health.set_started();
+        health
+    }
+
+    /// Health of a process still starting: not ready until [`Health::set_started`].
+    pub fn starting() -> Self {
         Self::default()
     }
 
-    pub fn with_check<F, Fut>(mut self, name: &str, check: F) -> Self
+    pub fn with_check<F, Fut>(self, name: &str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.add_check(name, check);
+        self
+    }
+
+    pub fn add_check<F, Fut>(&self, name: &str, check: F)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         let check: Check = Arc::new(move || Box::pin(check()));
-        self.checks.push((name.to_owned(), check));
-        self
+        self.checks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_owned(), check));
+    }
+
+    fn checks(&self) -> Vec<(String, Check)> {
+        self.checks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
     }
 
     /// Readiness drops to 503 as soon as shutdown starts, so load balancers stop sending work
@@ -65,17 +99,18 @@ impl Health {
 
     /// Runs every check concurrently; returns overall readiness and per-check results.
     pub async fn probe(&self) -> (bool, serde_json::Value) {
-        let results =
-            futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
-                let result = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
-                };
-                (name.clone(), result)
-            }))
-            .await;
+        let checks = self.checks();
+        let results = futures::future::join_all(checks.iter().map(|(name, check)| async move {
+            let result = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            };
+            (name.clone(), result)
+        }))
+        .await;
         let draining = self.draining.load(Ordering::SeqCst);
-        let mut ready = !draining;
+        let started = self.started.load(Ordering::SeqCst);
+        let mut ready = started && !draining;
         let mut checks = serde_json::Map::new();
         for (name, result) in results {
             let value = match result {

@@ -136,8 +136,11 @@ impl Stack {
 
 /// Starts a service through its real `run` on this stack, waits until `/health/ready` answers
 /// 200, then requests shutdown and checks that it drains and returns cleanly.
-pub async fn assert_service_lifecycle<C, F, Fut>(service: &'static str, defaults: &'static str, run: F)
-where
+pub async fn assert_service_lifecycle<C, F, Fut>(
+    service: &'static str,
+    defaults: &'static str,
+    run: F,
+) where
     C: ve_service::ServiceConfig,
     F: FnOnce(C, ve_service::Context) -> Fut,
     Fut: std::future::Future<Output = Result<(), ve_service::ServiceError>> + Send + 'static,
@@ -146,11 +149,20 @@ where
     let mut env = stack.service_env(service);
     // Keys a service lacks are rejected, so keep only those in its defaults.
     env.retain(|(key, _)| {
-        let section = key.trim_start_matches(&ve_config::env_prefix(service)).split("__").next().unwrap_or_default();
+        let section = key
+            .trim_start_matches(&ve_config::env_prefix(service))
+            .split("__")
+            .next()
+            .unwrap_or_default();
         defaults.contains(&format!("[{}]", section.to_ascii_lowercase()))
     });
-    let config: C = ve_config::Sources::new(service, defaults).env(env).load().expect("test configuration loads");
-    let ctx = ve_service::Context::ephemeral(service).await.expect("bind admin port");
+    let config: C = ve_config::Sources::new(service, defaults)
+        .env(env)
+        .load()
+        .expect("test configuration loads");
+    let ctx = ve_service::Context::ephemeral(service)
+        .await
+        .expect("bind admin port");
     let admin = ctx.admin.local_addr().expect("admin address");
     let shutdown = ctx.shutdown.clone();
     let running = tokio::spawn(run(config, ctx));
@@ -159,7 +171,11 @@ where
     let mut last = String::new();
     let mut ready = false;
     for _ in 0..300 {
-        assert!(!running.is_finished(), "{service} stopped during start-up: {:?}", running.await);
+        assert!(
+            !running.is_finished(),
+            "{service} stopped during start-up: {:?}",
+            running.await
+        );
         if let Some((status, body)) = http_get(&ready_url).await {
             if status == 200 {
                 ready = true;
@@ -169,10 +185,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ready, "{service} never became ready; last /health/ready: {last}");
-    let (status, metrics) = http_get(&format!("http://{admin}/metrics")).await.expect("metrics answer");
+    assert!(
+        ready,
+        "{service} never became ready; last /health/ready: {last}"
+    );
+    let (status, metrics) = http_get(&format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics answer");
     assert_eq!(status, 200, "{metrics}");
-    let (status, _) = http_get(&format!("http://{admin}/health/live")).await.expect("live answers");
+    let (status, _) = http_get(&format!("http://{admin}/health/live"))
+        .await
+        .expect("live answers");
     assert_eq!(status, 200);
 
     shutdown.cancel();
@@ -195,6 +218,9 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
     let _ = stream.read_to_end(&mut response).await.ok()?;
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }

@@ -1,6 +1,8 @@
 //! The registry of the local stack over HTTP, as Confluent clients use it: an incompatible change
 //! is refused with 409, a compatible one accepted, ids stable.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 use serde_json::{Value, json};
 use ve_testkit::{Stack, unique};
 
@@ -35,10 +37,22 @@ async fn incompatible_change_is_refused_and_compatible_one_accepted() {
     let (status, body) = post(&client, versions.clone(), BAD).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error_code"], 409);
-    assert!(body["message"].as_str().unwrap().contains("incompatible"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("incompatible"),
+        "{body}"
+    );
 
-    let (status, body) = post(&client, format!("{base}/compatibility/subjects/{subject}/versions/latest"), V2).await;
-    assert_eq!((status, &body["is_compatible"]), (200, &json!(true)), "{body}");
+    let (status, body) = post(
+        &client,
+        format!("{base}/compatibility/subjects/{subject}/versions/latest"),
+        V2,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["is_compatible"]),
+        (200, &json!(true)),
+        "{body}"
+    );
 
     let (status, body) = post(&client, versions.clone(), V2).await;
     assert_eq!(status, 200, "{body}");
@@ -46,10 +60,27 @@ async fn incompatible_change_is_refused_and_compatible_one_accepted() {
     assert_ne!(id1, id2);
 
     // Registering v2 again is idempotent; the subject has two versions.
-    assert_eq!(post(&client, versions.clone(), V2).await.1["id"].as_i64(), Some(id2));
-    let list: Value = client.get(&versions).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        post(&client, versions.clone(), V2).await.1["id"].as_i64(),
+        Some(id2)
+    );
+    let list: Value = client
+        .get(&versions)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list, json!([1, 2]));
-    let by_id: Value = client.get(format!("{base}/schemas/ids/{id2}")).send().await.unwrap().json().await.unwrap();
+    let by_id: Value = client
+        .get(format!("{base}/schemas/ids/{id2}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let schema: Value = serde_json::from_str(by_id["schema"].as_str().unwrap()).unwrap();
     assert_eq!(schema["fields"][2]["name"], "currency");
 }

@@ -2,6 +2,8 @@
 //! consumes it through the broker and decodes it with the writer schema fetched from the registry
 //! by the id in the record.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,7 +18,10 @@ fn page_view(id: &str) -> Envelope {
         event_time: 1_767_225_600_000_000,
         ingest_time: 1_767_225_600_050_000,
         tenant_id: "acme".into(),
-        source: Source { kind: "sdk".into(), id: "web-js/2.1".into() },
+        source: Source {
+            kind: "sdk".into(),
+            id: "web-js/2.1".into(),
+        },
         schema_name: "ve.v1.WebEvent".into(),
         schema_version: 1,
         attributes: Default::default(),
@@ -44,7 +49,9 @@ async fn envelope_crosses_processes_and_is_decoded_with_the_registry_schema() {
     let stack = Stack::require();
     let kafka = stack.kafka(&unique("group"));
     let topic = unique("wire");
-    ensure_topics(&kafka, &[TopicSpec::new(&topic).partitions(1)]).await.unwrap();
+    ensure_topics(&kafka, &[TopicSpec::new(&topic).partitions(1)])
+        .await
+        .unwrap();
 
     let codec = Codec::new(&stack.registry()).unwrap();
     let ids = codec.register(&[&topic]).await.unwrap();
@@ -57,14 +64,33 @@ async fn envelope_crosses_processes_and_is_decoded_with_the_registry_schema() {
     for n in 0..3 {
         let envelope = page_view(&format!("evt-{n}"));
         let bytes = codec.encode(&topic, &envelope).await.unwrap();
-        assert_eq!(Codec::schema_id(&bytes), Some(id), "Confluent framing with the registered id");
-        sent.push(OutRecord::new(&topic, envelope.event_id.clone(), bytes).with_trace(Some(&trace)));
+        assert_eq!(
+            Codec::schema_id(&bytes),
+            Some(id),
+            "Confluent framing with the registered id"
+        );
+        sent.push(
+            OutRecord::new(&topic, envelope.event_id.clone(), bytes).with_trace(Some(&trace)),
+        );
     }
     let _ = producer.send_all(&sent).await.unwrap();
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ve-probe"))
-        .args(["consume", "--brokers", &stack.brokers, "--registry", &stack.registry])
-        .args(["--topic", &topic, "--group", &unique("probe"), "--count", "3"])
+        .args([
+            "consume",
+            "--brokers",
+            &stack.brokers,
+            "--registry",
+            &stack.registry,
+        ])
+        .args([
+            "--topic",
+            &topic,
+            "--group",
+            &unique("probe"),
+            "--count",
+            "3",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -79,7 +105,10 @@ async fn envelope_crosses_processes_and_is_decoded_with_the_registry_schema() {
             .expect("the consumer process exited early");
         seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
     }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "consumer process exit: {status}");
 
     for (n, record) in seen.iter().enumerate() {
@@ -90,7 +119,10 @@ async fn envelope_crosses_processes_and_is_decoded_with_the_registry_schema() {
         assert_eq!(record["schema_id"], id);
         let traceparent = record["traceparent"].as_str().unwrap();
         let context = ve_telemetry::TraceContext::parse(traceparent).unwrap();
-        assert_eq!(context.trace_id, trace.trace_id, "trace context travelled in the headers");
+        assert_eq!(
+            context.trace_id, trace.trace_id,
+            "trace context travelled in the headers"
+        );
     }
 }
 
@@ -101,6 +133,9 @@ async fn a_record_that_is_not_an_envelope_is_a_clear_decode_error() {
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("Confluent wire format"), "{err}");
     // Right framing, id nobody registered.
-    let err = codec.decode(&[0, 0x7f, 0xff, 0xff, 0xf0, 2, 3]).await.unwrap_err();
+    let err = codec
+        .decode(&[0, 0x7f, 0xff, 0xff, 0xf0, 2, 3])
+        .await
+        .unwrap_err();
     assert!(!err.is_retryable(), "{err}");
 }

@@ -1,6 +1,13 @@
 //! The service starts on the real local stack, reports ready, and drains cleanly on shutdown.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_ready_and_stops_cleanly() {
-    ve_testkit::assert_service_lifecycle("clickhouse-sink", ve_clickhouse_sink::DEFAULTS, ve_clickhouse_sink::run).await;
+    ve_testkit::assert_service_lifecycle(
+        "clickhouse-sink",
+        ve_clickhouse_sink::DEFAULTS,
+        ve_clickhouse_sink::run,
+    )
+    .await;
 }

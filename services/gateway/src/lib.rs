@@ -41,16 +41,18 @@ impl ServiceConfig for Config {
 }
 
 pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
-    let codec =
-        Codec::new(&config.registry).map_err(|e| ServiceError::startup("registry client", e))?;
-    deps::prepare(&config.kafka, &codec, PRODUCES, CONSUMES).await?;
-    let mut harness = Harness::new(ctx.service, ctx.shutdown);
+    let drain = Duration::from_millis(config.admin.drain_timeout_ms);
+    let mut harness = Harness::start(ctx)?;
     deps::check_broker(&mut harness, &config.kafka);
     deps::check_registry(&mut harness, &config.registry);
-    harness
-        .run(
-            ctx.admin,
-            Duration::from_millis(config.admin.drain_timeout_ms),
-        )
+    let codec =
+        Codec::new(&config.registry).map_err(|e| ServiceError::startup("registry client", e))?;
+    if let Some(prepared) = harness
+        .until_shutdown(deps::prepare(&config.kafka, &codec, PRODUCES, CONSUMES))
         .await
+    {
+        prepared?;
+        harness.started();
+    }
+    harness.run(drain).await
 }

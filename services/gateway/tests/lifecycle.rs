@@ -1,5 +1,7 @@
 //! The service starts on the real local stack, reports ready, and drains cleanly on shutdown.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_ready_and_stops_cleanly() {
     ve_testkit::assert_service_lifecycle("gateway", ve_gateway::DEFAULTS, ve_gateway::run).await;

@@ -33,8 +33,17 @@ impl KafkaLog {
 #[async_trait::async_trait]
 impl SchemaLog for KafkaLog {
     async fn append(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<i64, LogError> {
-        let record = OutRecord { topic: self.topic.clone(), key: Some(key), payload: value, headers: Vec::new() };
-        let (partition, offset) = self.producer.send(&record).await.map_err(LogError::backend)?;
+        let record = OutRecord {
+            topic: self.topic.clone(),
+            key: Some(key),
+            payload: value,
+            headers: Vec::new(),
+        };
+        let (partition, offset) = self
+            .producer
+            .send(&record)
+            .await
+            .map_err(LogError::backend)?;
         if partition != PARTITION {
             return Err(LogError::message(format!(
                 "{} has more than one partition; the registry needs exactly one",
@@ -45,7 +54,10 @@ impl SchemaLog for KafkaLog {
     }
 
     async fn end_offset(&self) -> Result<i64, LogError> {
-        self.watermarks.high(&self.topic, PARTITION).await.map_err(LogError::backend)
+        self.watermarks
+            .high(&self.topic, PARTITION)
+            .await
+            .map_err(LogError::backend)
     }
 }
 
@@ -67,13 +79,19 @@ pub async fn feed(
             async move {
                 match event {
                     TailEvent::Record(record) => {
-                        registry.apply(record.offset, record.key.as_deref().unwrap_or_default(), record.payload.as_deref());
+                        registry.apply(
+                            record.offset,
+                            record.key.as_deref().unwrap_or_default(),
+                            record.payload.as_deref(),
+                        );
                     }
                     // Compaction can leave the log's end past the last record; writers wait for
                     // the end offset, so mark it reached.
                     TailEvent::CaughtUp => match log.end_offset().await {
                         Ok(end) => registry.advance(end),
-                        Err(e) => tracing::warn!(error = %e, "cannot read the schema log's end offset"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the schema log's end offset")
+                        }
                     },
                 }
             }

@@ -71,8 +71,10 @@ pub mod api;
 pub mod avro;
 pub mod compat;
 mod error;
+pub mod kafka_log;
 mod log;
 mod registry;
+pub mod service;
 mod state;
 
 pub use api::router;

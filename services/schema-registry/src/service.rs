@@ -58,23 +58,38 @@ impl ServiceConfig for Config {
 
 /// Runs the registry; binds the API from config (tests pass `Some` listener bound to port 0).
 pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
-    let api = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|e| ServiceError::startup(&format!("cannot bind registry API {}", config.http.listen), e))?;
+    let api = TcpListener::bind(config.http.listen).await.map_err(|e| {
+        ServiceError::startup(
+            &format!("cannot bind registry API {}", config.http.listen),
+            e,
+        )
+    })?;
     run_with(config, ctx, api).await
 }
 
 pub async fn run_with(config: Config, ctx: Context, api: TcpListener) -> Result<(), ServiceError> {
+    let drain = Duration::from_millis(config.admin.drain_timeout_ms);
+    let mut harness = Harness::start(ctx)?;
+    deps::check_broker(&mut harness, &config.kafka);
     let level: CompatibilityLevel = config
         .registry
         .default_compatibility
         .parse()
         .map_err(|e| ServiceError::startup("registry.default_compatibility", e))?;
     let topic = config.registry.topic.clone();
-    ve_kafka::ensure_topics(&config.kafka, &[TopicSpec::compacted(&topic).partitions(1)])
-        .await
-        .map_err(|e| ServiceError::startup("schema topic", e))?;
-    let log = Arc::new(KafkaLog::new(&config.kafka, &topic).map_err(|e| ServiceError::startup("schema log", e))?);
+    let created = harness
+        .until_shutdown(ve_kafka::ensure_topics(
+            &config.kafka,
+            &[TopicSpec::compacted(&topic).partitions(1)],
+        ))
+        .await;
+    match created {
+        Some(result) => result.map_err(|e| ServiceError::startup("schema topic", e))?,
+        None => return harness.run(drain).await,
+    }
+    let log = Arc::new(
+        KafkaLog::new(&config.kafka, &topic).map_err(|e| ServiceError::startup("schema log", e))?,
+    );
     let registry = Registry::new(
         Arc::clone(&log) as Arc<dyn crate::SchemaLog>,
         RegistryConfig {
@@ -84,8 +99,6 @@ pub async fn run_with(config: Config, ctx: Context, api: TcpListener) -> Result<
         },
     );
 
-    let mut harness = Harness::new(ctx.service, ctx.shutdown);
-    deps::check_broker(&mut harness, &config.kafka);
     {
         let registry = Arc::clone(&registry);
         // Ready once the state holds everything the log held: serving before that would hand out
@@ -96,11 +109,21 @@ pub async fn run_with(config: Config, ctx: Context, api: TcpListener) -> Result<
         });
     }
     let token = harness.token();
-    harness.spawn("schema-log", feed(config.kafka.clone(), topic, Arc::clone(&registry), log, token.clone()));
+    harness.spawn(
+        "schema-log",
+        feed(
+            config.kafka.clone(),
+            topic,
+            Arc::clone(&registry),
+            log,
+            token.clone(),
+        ),
+    );
     let router = crate::api::router(registry);
     harness.spawn("api", async move {
         tracing::info!(addr = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry API listening");
         axum::serve(api, router).with_graceful_shutdown(async move { token.cancelled().await }).await
     });
-    harness.run(ctx.admin, Duration::from_millis(config.admin.drain_timeout_ms)).await
+    harness.started();
+    harness.run(drain).await
 }

@@ -1,5 +1,7 @@
 //! End-to-end: the `schema_registry_converter` client our services use, over real HTTP.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
 use std::sync::Arc;
 
 use apache_avro::types::Value;

@@ -55,7 +55,10 @@ impl Stage for Print {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 #[tokio::main]
@@ -69,10 +72,16 @@ async fn main() -> ExitCode {
         arg(&args, "--group"),
         arg(&args, "--count").and_then(|c| c.parse::<usize>().ok()),
     ) else {
-        eprintln!("usage: ve-probe consume --brokers B --registry URL --topic T --group G --count N");
+        eprintln!(
+            "usage: ve-probe consume --brokers B --registry URL --topic T --group G --count N"
+        );
         return ExitCode::from(2);
     };
-    let stack = ve_testkit::Stack { brokers, registry, clickhouse: String::new() };
+    let stack = ve_testkit::Stack {
+        brokers,
+        registry,
+        clickhouse: String::new(),
+    };
     let kafka = stack.kafka(&group);
     let codec = match Codec::new(&stack.registry()) {
         Ok(codec) => codec,
@@ -82,7 +91,11 @@ async fn main() -> ExitCode {
         }
     };
     let done = CancellationToken::new();
-    let stage = Print { codec, left: Arc::new(AtomicUsize::new(count)), done: done.clone() };
+    let stage = Print {
+        codec,
+        left: Arc::new(AtomicUsize::new(count)),
+        done: done.clone(),
+    };
     let producer = match Producer::new(&kafka, "ve-probe") {
         Ok(p) => p,
         Err(e) => {
