@@ -27,15 +27,21 @@ LOGS, RUN = STACK / "logs", STACK / "run"
 PY = STACK / "venv" / "bin" / "python"
 TANSU = STACK / "bin" / "tansu"
 
-BROKER = "127.0.0.1:9092"
-REGISTRY_PORT, REGISTRY_ADMIN = 8081, 9109
-CLICKHOUSE_PORT = 8123
+# VE_STACK_PORT_OFFSET shifts every port, so a second stack (a CI run beside a dev stack) can
+# run on the same machine.
+OFFSET = int(os.environ.get("VE_STACK_PORT_OFFSET", "0"))
+BROKER_PORT = 9092 + OFFSET
+BROKER = f"127.0.0.1:{BROKER_PORT}"
+REGISTRY_PORT, REGISTRY_ADMIN = 8081 + OFFSET, 9109 + OFFSET
+CLICKHOUSE_PORT = 8123 + OFFSET
 
 # service -> admin port (must match services/<name>/config/default.toml)
-SERVICES = {
+SERVICES = {name: port + OFFSET for name, port in {
     "gateway": 9101, "normalizer": 9102, "enricher": 9103, "rules": 9104,
     "clickhouse-sink": 9105, "s3-archiver": 9106, "invoicer": 9107, "query-api": 9108,
-}
+}.items()}
+# Request ports of the services that take traffic (must match their default.toml).
+LISTEN_PORTS = {"gateway": {"HTTP": 8080, "GRPC": 50051}, "query-api": {"HTTP": 8088, "GRPC": 50052}}
 USES_CLICKHOUSE = {"clickhouse-sink", "query-api"}
 USES_ARCHIVE = {"s3-archiver"}
 
@@ -88,7 +94,13 @@ def bin_path(profile, name):
 
 def service_env(name):
     prefix = "VE_" + name.upper().replace("-", "_") + "__"
-    env = {}
+    env = {
+        prefix + "KAFKA__BROKERS": BROKER,
+        prefix + "REGISTRY__URL": f"http://127.0.0.1:{REGISTRY_PORT}",
+        prefix + "ADMIN__LISTEN": f"127.0.0.1:{SERVICES[name]}",
+    }
+    for section, port in LISTEN_PORTS.get(name, {}).items():
+        env[prefix + section + "__LISTEN"] = f"127.0.0.1:{port + OFFSET}"
     if name in USES_CLICKHOUSE:
         if os.environ.get("VE_CLICKHOUSE_URL"):
             env[prefix + "CLICKHOUSE__URL"] = os.environ["VE_CLICKHOUSE_URL"]
@@ -107,13 +119,13 @@ def up(args):
         if not tool.exists():
             sys.exit(f"devstack: {hint} missing at {tool}; run `make deps` first")
     procs = []
-    if port_open(9092):
-        log("broker already listening on 9092, reusing it")
+    if port_open(BROKER_PORT):
+        log(f"broker already listening on {BROKER_PORT}, reusing it")
     else:
         p, lf = start("broker", [str(TANSU), "broker", "--listener-url", f"tcp://{BROKER}",
                                  "--advertised-listener-url", f"tcp://{BROKER}",
                                  "--storage-engine", "memory://tansu/"])
-        wait_for("broker", lambda: port_open(9092), 30, p, lf)
+        wait_for("broker", lambda: port_open(BROKER_PORT), 30, p, lf)
         procs.append(p)
 
     if os.environ.get("VE_CLICKHOUSE_URL"):
@@ -134,7 +146,11 @@ def up(args):
         exe = bin_path(args.profile, "ve-schema-registry")
         if not exe.exists():
             sys.exit(f"devstack: {exe} missing; build first (`cargo build{' --release' if args.profile == 'release' else ''}`)")
-        p, lf = start("schema-registry", [str(exe)])
+        p, lf = start("schema-registry", [str(exe)], {
+            "VE_SCHEMA_REGISTRY__KAFKA__BROKERS": BROKER,
+            "VE_SCHEMA_REGISTRY__HTTP__LISTEN": f"127.0.0.1:{REGISTRY_PORT}",
+            "VE_SCHEMA_REGISTRY__ADMIN__LISTEN": f"127.0.0.1:{REGISTRY_ADMIN}",
+        })
         wait_for("schema registry", lambda: http_ok(f"http://127.0.0.1:{REGISTRY_ADMIN}/health/ready"), 60, p, lf)
 
     if args.infra_only:
