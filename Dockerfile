@@ -23,11 +23,10 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_SUITE} AS chef
 ARG RUST_VERSION
 ARG CARGO_CHEF_VERSION
 # gcc/g++/make: rdkafka's bundled librdkafka and aws-lc (built without cmake); zlib for libz-sys;
-# protoc for gRPC code generation; busybox-static provides the `wget` the Compose health checks
-# call (distroless has no shell, curl or wget).
+# protoc for gRPC code generation.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential pkg-config zlib1g-dev protobuf-compiler busybox-static ca-certificates \
+      build-essential pkg-config zlib1g-dev protobuf-compiler ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 # Use the image's toolchain even though rust-toolchain.toml lists extra components (rustfmt,
 # clippy) that a release build does not need.
@@ -63,7 +62,6 @@ RUN set -eu; \
     mkdir -p /out/bin /out/etc; \
     cp "target/release/ve-${SERVICE}" /out/bin/; \
     ln -s "ve-${SERVICE}" /out/bin/ve-service; \
-    cp /bin/busybox /out/bin/wget; \
     defaults="services/${SERVICE}/config/default.toml"; \
     if [ -f "$defaults" ]; then \
       awk '/^\[/ { section = $0 }; \

@@ -121,10 +121,13 @@ class ComposeTest(unittest.TestCase):
                 service = self.ve.get(name)
                 if service is None or support.default_config(service) is None:
                     continue
-                url = next(a for a in test if a.startswith("http://"))
-                self.assertEqual(url, f"http://127.0.0.1:{support.admin_port(service)}{ready}")
-                # The tool must exist in the image: the Dockerfile provides it.
-                self.assertIn(test[1].rsplit("/", 1)[1], support.DOCKERFILE.read_text())
+                # The binary's own --healthcheck GETs /health/ready on its configured admin port
+                # (libs/service); the Dockerfile links the service binary as ve-service.
+                self.assertEqual(test[1:], ["/usr/local/bin/ve-service", "--healthcheck"])
+                self.assertIn("ve-service", support.DOCKERFILE.read_text())
+                self.assertIn('"--healthcheck"', (support.ROOT / "libs/service/src/lib.rs").read_text())
+                self.assertIn("/health/ready", (support.ROOT / "libs/service/src/lib.rs").read_text())
+                self.assertTrue(ready.endswith("ready"))
 
     def test_depends_on_waits_for_health(self) -> None:
         for name, spec in self.services.items():

@@ -198,7 +198,6 @@ class DockerfileTest(unittest.TestCase):
                     if isinstance(table, dict) and "listen" in table:
                         self.assertEqual(generated[section]["listen"], f"0.0.0.0:{support.listen_port(table['listen'])}")
                 self.assertTrue((workdir / "out" / "bin" / "ve-service").is_symlink())
-                self.assertTrue((workdir / "out" / "bin" / "wget").exists(), "health-check client for compose")
 
     def test_container_config_is_not_shadowed_by_the_chart(self) -> None:
         runtime = " ".join(c.original for c in self.stages["runtime"])
