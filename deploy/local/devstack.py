@@ -165,7 +165,7 @@ def up(args):
     for name, admin, p, lf in started:
         wait_for(name, lambda a=admin: http_ok(f"http://127.0.0.1:{a}/health/ready"), 90, p, lf)
         log(f"{name} ready: http://127.0.0.1:{admin}/health/ready")
-    log("all services ready; gateway http://127.0.0.1:8080, query-api http://127.0.0.1:8088")
+    log(f"all services ready; gateway http://127.0.0.1:{8080 + OFFSET}, query-api http://127.0.0.1:{8088 + OFFSET}")
 
 
 def pids():
@@ -180,6 +180,22 @@ def pids():
     return out
 
 
+def alive(pid):
+    """True while `pid` runs. Reaps it when it is our child (`run` mode), since an exited child
+    stays a zombie that `kill(pid, 0)` still finds."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 ORDER = list(SERVICES) + ["schema-registry", "clickhouse", "broker"]
 
 
@@ -192,11 +208,7 @@ def down(_args=None):
         except ProcessLookupError:
             pass
         deadline = time.time() + 25
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while time.time() < deadline and alive(pid):
             time.sleep(0.1)
         else:
             log(f"{name} did not stop in time, killing")
