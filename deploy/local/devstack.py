@@ -210,7 +210,7 @@ def down(_args=None):
         deadline = time.time() + 25
         while time.time() < deadline and alive(pid):
             time.sleep(0.1)
-        else:
+        if alive(pid):
             log(f"{name} did not stop in time, killing")
             try:
                 os.killpg(pid, signal.SIGKILL)
