@@ -76,6 +76,11 @@ def wait_for(what, probe, timeout, proc=None, logfile=None):
     sys.exit(f"devstack: {what} not healthy after {timeout}s (see {logfile})")
 
 
+# Processes this invocation started: `run` mode stops them from here, so a lost pid file can
+# never leave one running.
+STARTED = {}
+
+
 def start(name, argv, env=None):
     LOGS.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
@@ -84,6 +89,7 @@ def start(name, argv, env=None):
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     (RUN / f"{name}.pid").write_text(str(proc.pid))
+    STARTED[name] = proc.pid
     log(f"started {name} (pid {proc.pid}), log {logfile}")
     return proc, logfile
 
@@ -200,7 +206,11 @@ ORDER = list(SERVICES) + ["schema-registry", "clickhouse", "broker"]
 
 
 def down(_args=None):
-    entries = sorted(pids(), key=lambda e: ORDER.index(e[0]) if e[0] in ORDER else -1)
+    found = {name: (pid, f) for name, pid, f in pids()}
+    for name, pid in STARTED.items():
+        found.setdefault(name, (pid, RUN / f"{name}.pid"))
+    entries = sorted(((n, p, f) for n, (p, f) in found.items()),
+                     key=lambda e: ORDER.index(e[0]) if e[0] in ORDER else -1)
     for name, pid, f in entries:
         try:
             os.killpg(pid, signal.SIGTERM)
