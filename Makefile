@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .stack/venv/bin/python
 
-.PHONY: help up test deps build release stack-up stack-down status fmt lint
+.PHONY: help up test deps build release stack-up stack-down status fmt lint load
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ stack-down: ## stop everything the local stack started
 
 status: ## what runs, and whether each service is ready
 	$(PY) deploy/local/devstack.py status
+
+load: ## release build + whole stack + ve-load runs that produce the README's load table
+	bash scripts/load.sh
 
 fmt: ## format
 	cargo fmt --all

@@ -128,9 +128,12 @@ impl Codec {
                 SchemaError::Decode(describe(&e))
             }
         })?;
-        let value = decoded.value.resolve(envelope_schema()).map_err(|e| {
-            SchemaError::Decode(format!("cannot resolve to the envelope schema: {e}"))
-        })?;
+        let value = decoded
+            .value
+            .resolve_with_names(envelope_schema(), crate::envelope_names())
+            .map_err(|e| {
+                SchemaError::Decode(format!("cannot resolve to the envelope schema: {e}"))
+            })?;
         Envelope::from_value(value)
     }
 

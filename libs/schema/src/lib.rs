@@ -6,6 +6,7 @@
 //! Confluent client can read it without schema references.
 
 mod codec;
+pub mod ingest;
 pub mod topics;
 mod types;
 
@@ -103,6 +104,16 @@ pub fn envelope_schema() -> &'static Schema {
             .unwrap_or_else(|e| panic!("composed envelope schema does not parse: {e}"))
     });
     &SCHEMA
+}
+
+/// The envelope schema's named types, built once: resolving a value against the schema without
+/// them rebuilds this map on every call, which dominated encoding and decoding time.
+pub(crate) fn envelope_names() -> &'static apache_avro::schema::NamesRef<'static> {
+    static NAMES: LazyLock<apache_avro::schema::ResolvedSchema<'static>> = LazyLock::new(|| {
+        apache_avro::schema::ResolvedSchema::try_from(envelope_schema())
+            .unwrap_or_else(|e| panic!("composed envelope schema does not resolve: {e}"))
+    });
+    NAMES.get_names()
 }
 
 fn compose(envelope: &str, bodies: &[(&str, &str)]) -> Result<String, String> {

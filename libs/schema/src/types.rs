@@ -318,7 +318,7 @@ impl Envelope {
             ),
         ]);
         value
-            .resolve(envelope_schema())
+            .resolve_with_names(envelope_schema(), crate::envelope_names())
             .map_err(|e| SchemaError::Encode(e.to_string()))
     }
 

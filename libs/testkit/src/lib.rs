@@ -134,6 +134,32 @@ impl Stack {
     }
 }
 
+/// A service's configuration pointed at this stack (see [`Stack::service_env`]) plus `extra`
+/// environment overrides (full `VE_<SERVICE>__...` names), which win.
+pub fn service_config<C: serde::de::DeserializeOwned>(
+    service: &str,
+    defaults: &str,
+    extra: Vec<(String, String)>,
+) -> C {
+    let stack = Stack::require();
+    let prefix = ve_config::env_prefix(service);
+    let mut env = stack.service_env(service);
+    // Keys a service lacks are rejected, so keep only those of sections in its defaults.
+    env.retain(|(key, _)| {
+        let section = key
+            .trim_start_matches(&prefix)
+            .split("__")
+            .next()
+            .unwrap_or_default();
+        defaults.contains(&format!("[{}]", section.to_ascii_lowercase()))
+    });
+    env.extend(extra);
+    ve_config::Sources::new(service, defaults)
+        .env(env)
+        .load()
+        .expect("test configuration loads")
+}
+
 /// Starts a service through its real `run` on this stack, waits until `/health/ready` answers
 /// 200, then requests shutdown and checks that it drains and returns cleanly.
 pub async fn assert_service_lifecycle<C, F, Fut>(
@@ -145,21 +171,7 @@ pub async fn assert_service_lifecycle<C, F, Fut>(
     F: FnOnce(C, ve_service::Context) -> Fut,
     Fut: std::future::Future<Output = Result<(), ve_service::ServiceError>> + Send + 'static,
 {
-    let stack = Stack::require();
-    let mut env = stack.service_env(service);
-    // Keys a service lacks are rejected, so keep only those in its defaults.
-    env.retain(|(key, _)| {
-        let section = key
-            .trim_start_matches(&ve_config::env_prefix(service))
-            .split("__")
-            .next()
-            .unwrap_or_default();
-        defaults.contains(&format!("[{}]", section.to_ascii_lowercase()))
-    });
-    let config: C = ve_config::Sources::new(service, defaults)
-        .env(env)
-        .load()
-        .expect("test configuration loads");
+    let config: C = service_config(service, defaults, Vec::new());
     let ctx = ve_service::Context::ephemeral(service)
         .await
         .expect("bind admin port");

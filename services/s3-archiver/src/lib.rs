@@ -1,13 +1,22 @@
 //! Archives raw payloads and invoices in the object store under deterministic keys.
 //!
-//! Skeleton: starts, loads its configuration, prepares its topics and schemas, serves its admin
-//! port with readiness on its dependencies, and drains on SIGTERM.
+//! Consumes `ingest.raw.v1` and `billing.invoice.v1` and writes one object per event
+//! (`raw/{tenant}/{kind}/{yyyy}/{mm}/{dd}/{event_id}.json`, the event's JSON exactly as accepted)
+//! and per invoice (`invoices/{tenant}/{invoice_id}.json`) to a local directory or any S3
+//! endpoint (`[object_store]`). Keys depend only on the record, so redelivery rewrites the same
+//! object instead of adding a copy, and the archive can be replayed by listing a prefix.
+
+mod layout;
+mod stage;
+
+pub use layout::{InvoiceDocument, invoice_key, object_path, raw_key};
+pub use stage::Archiver;
 
 use std::time::Duration;
 
 use serde::Deserialize;
-use ve_kafka::KafkaConfig;
-use ve_schema::{Codec, RegistryConfig, topics};
+use ve_kafka::{KafkaConfig, Producer};
+use ve_schema::{Codec, RegistryConfig};
 use ve_service::{AdminConfig, Context, Harness, ServiceConfig, ServiceError, deps};
 use ve_store::ObjectStoreConfig;
 use ve_telemetry::LogConfig;
@@ -15,10 +24,37 @@ use ve_telemetry::LogConfig;
 /// Built-in defaults; every key is documented there.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// Topics whose envelope schema this service registers at start.
-pub const PRODUCES: &[&str] = &[];
-/// Topics this service reads.
-pub const CONSUMES: &[&str] = &[topics::INGEST_RAW, topics::BILLING_INVOICE];
+/// Why a record or the service failed, by what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiverError {
+    /// This record can never be archived: dead-letter it.
+    #[error("poison record: {0}")]
+    Poison(String),
+    /// The registry or the object store is unavailable: retry the batch later.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Cannot work at all: stop.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// `[topics]`: what the archiver reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Raw events as the gateway accepted them.
+    pub raw: String,
+    /// Issued invoices.
+    pub invoices: String,
+}
+
+/// `[archive]`: how objects are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Object PUTs in flight at once within a batch.
+    pub max_in_flight: usize,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +64,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub registry: RegistryConfig,
     pub object_store: ObjectStoreConfig,
+    pub topics: TopicsConfig,
+    pub archive: ArchiveConfig,
 }
 
 impl ServiceConfig for Config {
@@ -41,18 +79,50 @@ impl ServiceConfig for Config {
 }
 
 pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
+    let service = ctx.service;
     let drain = Duration::from_millis(config.admin.drain_timeout_ms);
     let mut harness = Harness::start(ctx)?;
     deps::check_broker(&mut harness, &config.kafka);
     deps::check_registry(&mut harness, &config.registry);
+    let archive = config
+        .object_store
+        .open()
+        .map_err(|e| ServiceError::startup("object store", e))?;
+    deps::check_archive(&mut harness, &archive);
+    let written = metrics::counter!(format!(
+        "{}_objects_written_total",
+        service.replace('-', "_")
+    ));
+    // Registered at 0 so the series exists (and alerts see its first increase) from start-up.
+    written.increment(0);
     let codec =
         Codec::new(&config.registry).map_err(|e| ServiceError::startup("registry client", e))?;
-    if let Some(prepared) = harness
-        .until_shutdown(deps::prepare(&config.kafka, &codec, PRODUCES, CONSUMES))
+    let consumes = [config.topics.raw.as_str(), config.topics.invoices.as_str()];
+    match harness
+        .until_shutdown(deps::prepare(&config.kafka, &codec, &[], &consumes))
         .await
     {
-        prepared?;
-        harness.started();
+        Some(prepared) => prepared?,
+        None => return harness.run(drain).await,
     }
+
+    // Only dead letters are produced.
+    let producer =
+        Producer::new(&config.kafka, service).map_err(|e| ServiceError::startup("producer", e))?;
+    let stage = Archiver::new(
+        codec,
+        archive.store,
+        archive.prefix,
+        config.archive.max_in_flight,
+        written,
+    );
+    let kafka = config.kafka;
+    let topics = config.topics;
+    let token = harness.token();
+    harness.spawn("archive", async move {
+        let inputs = [topics.raw.as_str(), topics.invoices.as_str()];
+        ve_kafka::run_stage(&kafka, service, &inputs, stage, &producer, token).await
+    });
+    harness.started();
     harness.run(drain).await
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Reproduces the README's load figures: release build, whole local stack, a tenant without rate
+# limit, then ve-load at full speed, at 10,000 events/s and at 5,000 events/s (end-to-end latency
+# into ClickHouse), and the resident memory of every service after the run.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PY=.stack/venv/bin/python
+DURATION="${DURATION:-30}"
+OFFSET="${VE_STACK_PORT_OFFSET:-0}"
+GATEWAY="http://127.0.0.1:$((8080 + OFFSET))"
+CLICKHOUSE="http://127.0.0.1:$((8123 + OFFSET))"
+
+bash scripts/install-deps.sh >/dev/null
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --bins --locked
+cleanup() { "$PY" deploy/local/devstack.py down >/dev/null || true; }
+trap cleanup EXIT
+"$PY" deploy/local/devstack.py up --profile release
+
+tenant="load$(date +%s)"
+key=$(target/release/ve-ctl --brokers "127.0.0.1:$((9092 + OFFSET))" --registry "http://127.0.0.1:$((8081 + OFFSET))" \
+      --json tenant create --id "$tenant" --name "Load test" --plan enterprise \
+        --rate-limit-eps 100000000 --burst 100000000 | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d.get("api_key") or d["key"]["api_key"])')
+sleep 2 # the gateway follows the tenants topic live
+
+echo "## machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+run() {
+  echo
+  echo "### ve-load $*"
+  target/release/ve-load --gateway "$GATEWAY" --tenant "$tenant" --key "$key" \
+    --duration "$DURATION" --batch 100 --size 300 "$@"
+}
+run --rate 0 --concurrency 32 --mix web=100
+run --rate 10000 --concurrency 16 --mix web=60,app=30,metric=10 --clickhouse "$CLICKHOUSE" --database value_engine
+run --rate 5000 --concurrency 8 --mix web=60,app=30,metric=10 --clickhouse "$CLICKHOUSE" --database value_engine
+
+echo
+echo "### resident memory after the runs (MiB)"
+for f in .stack/run/*.pid; do
+  name=$(basename "$f" .pid)
+  rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$f")/status" 2>/dev/null || echo "?")
+  echo "| $name | peak $rss |"
+done

@@ -1,0 +1,647 @@
+//! The ingest path end to end on the real local stack: every event kind, sent through the
+//! gateway over HTTP, gRPC and OTLP, is found exactly once in ClickHouse and exactly once in the
+//! archive, normalized and enriched — also when the clickhouse-sink and s3-archiver crash and
+//! restart mid-stream.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use ve_gateway::grpc::proto::ingest_service_client::IngestServiceClient;
+use ve_gateway::grpc::proto::{Event, IngestRequest};
+use ve_schema::Codec;
+use ve_service::{Context, ServiceError};
+use ve_testkit::{Stack, service_config, unique};
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+
+struct Running {
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), ServiceError>>,
+}
+
+/// The five ingest services on topics, groups, a database and an archive of this test's own.
+struct Pipeline {
+    prefix: String,
+    database: String,
+    archive: PathBuf,
+    tenant: String,
+    api_key: String,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    running: BTreeMap<&'static str, Running>,
+    base: chrono::DateTime<chrono::Utc>,
+}
+
+impl Pipeline {
+    fn topic(&self, base: &str) -> String {
+        format!("{}.{base}", self.prefix)
+    }
+
+    /// Topic, group, database and archive overrides for one service.
+    fn env(&self, service: &str) -> Vec<(String, String)> {
+        let p = ve_config_prefix(service);
+        let t = |base: &str| self.topic(base);
+        let mut env = vec![
+            (
+                format!("{p}KAFKA__GROUP_ID"),
+                format!("{}-{service}", self.prefix),
+            ),
+            (format!("{p}KAFKA__FLUSH_INTERVAL_MS"), "200".to_owned()),
+        ];
+        let mut set = |k: &str, v: String| env.push((format!("{p}{k}"), v));
+        match service {
+            "gateway" => {
+                set("TOPICS__RAW", t("ingest.raw.v1"));
+                set("TOPICS__TENANTS", t("control.tenants.v1"));
+            }
+            "normalizer" => {
+                set("TOPICS__RAW", t("ingest.raw.v1"));
+                set("TOPICS__NORMALIZED", t("events.normalized.v1"));
+                set("TOPICS__METRIC", t("signals.metric.v1"));
+            }
+            "enricher" => {
+                set(
+                    "TOPICS__INPUTS",
+                    format!(
+                        "[{}, {}]",
+                        t("events.normalized.v1"),
+                        t("signals.metric.v1")
+                    ),
+                );
+                set("TOPICS__OUTPUT", t("events.enriched.v1"));
+                set("TOPICS__TENANTS", t("control.tenants.v1"));
+                set("TOPICS__CMDB", t("control.cmdb.v1"));
+            }
+            "clickhouse-sink" => {
+                set("TOPICS__ENRICHED", t("events.enriched.v1"));
+                set("TOPICS__ALERTS", t("ops.alert.v1"));
+                set("TOPICS__INVOICES", t("billing.invoice.v1"));
+                set(
+                    "TOPICS__DEAD_LETTERS",
+                    format!(
+                        "[{}, {}]",
+                        t("ingest.raw.v1.dlq"),
+                        t("events.normalized.v1.dlq")
+                    ),
+                );
+                set("CLICKHOUSE__DATABASE", self.database.clone());
+            }
+            "s3-archiver" => {
+                set("TOPICS__RAW", t("ingest.raw.v1"));
+                set("TOPICS__INVOICES", t("billing.invoice.v1"));
+                set(
+                    "OBJECT_STORE__URL",
+                    format!("file://{}", self.archive.display()),
+                );
+            }
+            _ => unreachable!("{service}"),
+        }
+        env
+    }
+
+    async fn start(&mut self, service: &'static str) {
+        let ctx = Context::ephemeral(service).await.unwrap();
+        let admin = ctx.admin.local_addr().unwrap();
+        let token = ctx.shutdown.clone();
+        let env = self.env(service);
+        let handle = match service {
+            "gateway" => {
+                let config: ve_gateway::Config = service_config(service, ve_gateway::DEFAULTS, env);
+                let listeners = ve_gateway::Listeners {
+                    http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                    grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                };
+                self.http = listeners.http.local_addr().unwrap();
+                self.grpc = listeners.grpc.local_addr().unwrap();
+                tokio::spawn(ve_gateway::run_with(config, ctx, listeners))
+            }
+            "normalizer" => tokio::spawn(ve_normalizer::run(
+                service_config(service, ve_normalizer::DEFAULTS, env),
+                ctx,
+            )),
+            "enricher" => tokio::spawn(ve_enricher::run(
+                service_config(service, ve_enricher::DEFAULTS, env),
+                ctx,
+            )),
+            "clickhouse-sink" => tokio::spawn(ve_clickhouse_sink::run(
+                service_config(service, ve_clickhouse_sink::DEFAULTS, env),
+                ctx,
+            )),
+            "s3-archiver" => tokio::spawn(ve_s3_archiver::run(
+                service_config(service, ve_s3_archiver::DEFAULTS, env),
+                ctx,
+            )),
+            _ => unreachable!(),
+        };
+        let _ = self.running.insert(service, Running { token, handle });
+        wait_ready(service, admin, &self.running[service].handle).await;
+    }
+
+    /// A crash: the task is dropped mid-flight, nothing drains, nothing more is committed.
+    async fn kill(&mut self, service: &'static str) {
+        let running = self.running.remove(service).unwrap();
+        running.handle.abort();
+        let _ = running.handle.await;
+    }
+
+    async fn stop_all(mut self) {
+        for (name, running) in std::mem::take(&mut self.running) {
+            running.token.cancel();
+            let outcome = tokio::time::timeout(Duration::from_secs(30), running.handle).await;
+            assert!(
+                matches!(outcome, Ok(Ok(Ok(())))),
+                "{name} did not stop cleanly: {outcome:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.archive);
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}:{}", self.tenant, self.api_key)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.http))
+            .header("authorization", self.auth())
+            .header("user-agent", CHROME)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {answer}");
+        answer
+    }
+
+    fn clickhouse(&self) -> clickhouse::Client {
+        Stack::require()
+            .clickhouse(&self.database)
+            .client()
+            .unwrap()
+    }
+}
+
+fn ve_config_prefix(service: &str) -> String {
+    format!("VE_{}__", service.to_ascii_uppercase().replace('-', "_"))
+}
+
+async fn wait_ready(
+    service: &str,
+    admin: SocketAddr,
+    handle: &JoinHandle<Result<(), ServiceError>>,
+) {
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        assert!(!handle.is_finished(), "{service} stopped during start-up");
+        if let Ok(r) = client
+            .get(format!("http://{admin}/health/ready"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service} not ready within 60 s");
+}
+
+async fn pipeline() -> Pipeline {
+    let stack = Stack::require();
+    let prefix = unique("e2e");
+    let mut p = Pipeline {
+        database: prefix.clone(),
+        archive: std::env::temp_dir().join(&prefix),
+        tenant: format!("acme{}", &prefix[prefix.len() - 8..]),
+        api_key: String::new(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        running: BTreeMap::new(),
+        base: chrono::Utc::now(),
+        prefix,
+    };
+    let kafka = stack.kafka("e2e-ctl");
+    let codec = Codec::new(&stack.registry()).unwrap();
+    for control in ["control.tenants.v1", "control.cmdb.v1"] {
+        ve_ctl::ensure_control_topic(&kafka, &p.topic(control))
+            .await
+            .unwrap();
+    }
+    let spec = ve_ctl::TenantSpec::new(&p.tenant, "Acme", ve_ctl::Plan::Paid);
+    let (_, key) = ve_ctl::create_tenant(&kafka, &codec, &p.topic("control.tenants.v1"), spec)
+        .await
+        .unwrap();
+    p.api_key = key.api_key.expose().to_owned();
+    let tags = BTreeMap::from([
+        ("env".to_owned(), "prod".to_owned()),
+        ("Team".to_owned(), "payments".to_owned()),
+    ]);
+    let _ = ve_ctl::set_cmdb_host(
+        &kafka,
+        &codec,
+        &p.topic("control.cmdb.v1"),
+        &p.tenant,
+        "web-1",
+        tags,
+        false,
+    )
+    .await
+    .unwrap();
+    for service in [
+        "clickhouse-sink",
+        "s3-archiver",
+        "enricher",
+        "normalizer",
+        "gateway",
+    ] {
+        p.start(service).await;
+    }
+    p
+}
+
+/// A fixed timestamp per (round, n): re-sending a round sends byte-identical events, as a
+/// client retry does.
+fn ts(p: &Pipeline, round: u32, n: u32) -> String {
+    let at = p.base
+        + chrono::Duration::seconds(i64::from(round))
+        + chrono::Duration::milliseconds(i64::from(n));
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn otlp(
+    service: &str,
+    trace: u8,
+    spans: u8,
+    start: chrono::DateTime<chrono::Utc>,
+) -> ExportTraceServiceRequest {
+    let text = |s: &str| {
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(s.into())),
+        })
+    };
+    let start = start.timestamp_nanos_opt().unwrap() as u64;
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: text(service),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: (1..=spans)
+                    .map(|i| Span {
+                        trace_id: vec![trace; 16],
+                        span_id: vec![i; 8],
+                        name: format!("GET /item/{i}"),
+                        kind: 2,
+                        start_time_unix_nano: start,
+                        end_time_unix_nano: start + 25_000_000,
+                        attributes: vec![KeyValue {
+                            key: "HTTP.Method".into(),
+                            value: text("GET"),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// What one `send_every_kind` call sends, per ClickHouse table.
+const PER_ROUND: [(&str, u64); 6] = [
+    ("events", 8),
+    ("metric_samples", 2),
+    ("spans", 5),
+    ("runs", 1),
+    ("steps", 2),
+    ("decision_events", 2),
+];
+
+/// Sends every kind through every channel; ids are unique per `round`.
+async fn send_every_kind(p: &Pipeline, round: u32) {
+    let id = |n: u32| format!("{}-r{round}-{n}", p.prefix);
+    // HTTP: the five web types (seed 001), one malformed event that must be refused alone.
+    let web = p
+        .post(
+            "/ingest",
+            json!({"events": [
+                {"id": id(1), "session_id": "s1", "timestamp": ts(p, round, 1), "type": "pageview", "title": "Home", "path": "/", "user_agent": CHROME},
+                {"id": id(2), "session_id": "s1", "timestamp": ts(p, round, 2), "type": "click", "selector": "#buy"},
+                {"id": id(3), "session_id": "s1", "timestamp": ts(p, round, 3), "type": "scroll", "scroll_depth": 0.5},
+                {"id": id(4), "session_id": "s1", "timestamp": ts(p, round, 4), "type": "performance", "metrics": {"lcp": 1200.0}},
+                {"id": id(5), "session_id": "s1", "timestamp": ts(p, round, 5), "type": "custom", "name": "signup"},
+                {"id": id(6), "session_id": "s1", "timestamp": "yesterday-ish", "type": "pageview"}
+            ]}),
+        )
+        .await;
+    assert_eq!(
+        (
+            web["events_accepted"].as_u64(),
+            web["events_rejected"].as_u64()
+        ),
+        (Some(5), Some(1)),
+        "{web}"
+    );
+    assert_eq!(web["rejected"][0]["index"], 5, "{web}");
+    assert!(
+        web["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timestamp"),
+        "{web}"
+    );
+
+    // HTTP: app events (seed 004), metric samples (seed 003), pipeline telemetry (seed 002).
+    let app = p
+        .post(
+            "/v1/app-events",
+            json!({"events": [
+                {"app_id": "openstream", "event_name": "video_heartbeat", "user_id": format!("u-{round}"), "timestamp": ts(p, round, 6), "properties": {"watch_ms": 5000}}
+            ]}),
+        )
+        .await;
+    assert_eq!(app["events_accepted"], 1, "{app}");
+    let metrics = p
+        .post(
+            "/v1/metrics",
+            json!({"samples": [
+                {"host": "web-1", "metric": "cpu_load", "value": 92.5, "unit": "%", "timestamp": ts(p, round, 7), "tags": {"Region": "eu"}},
+                {"host": "web-1", "metric": "latency", "value": 250.0 + f64::from(round), "unit": "ms", "tags": {"Region": "eu"}, "timestamp": ts(p, round, 8)}
+            ]}),
+        )
+        .await;
+    assert_eq!(metrics["events_accepted"], 2, "{metrics}");
+    let run = id(100);
+    let pipeline = p
+        .post(
+            "/v1/pipeline",
+            json!({
+                "runs": [{"run_id": run, "pipeline_id": "ranker", "status": "succeeded", "started_at": ts(p, round, 9)}],
+                "steps": [
+                    {"step_id": id(101), "run_id": run, "pipeline_id": "ranker", "name": "filter", "position": 1, "input_count": 100, "output_count": 40, "kept_count": 40, "eliminated_count": 60},
+                    {"step_id": id(102), "run_id": run, "pipeline_id": "ranker", "name": "score", "position": 2, "input_count": 40, "output_count": 10, "kept_count": 10, "eliminated_count": 30, "scored_count": 40}
+                ],
+                "decisions": [
+                    {"decision_id": id(103), "step_id": id(101), "run_id": run, "pipeline_id": "ranker", "item_id": "i1", "outcome": "kept", "score": 0.9},
+                    {"decision_id": id(104), "step_id": id(101), "run_id": run, "pipeline_id": "ranker", "item_id": "i2", "outcome": "eliminated"}
+                ]
+            }),
+        )
+        .await;
+    assert_eq!(pipeline["events_accepted"], 5, "{pipeline}");
+
+    // OTLP/HTTP protobuf (2 spans) and OTLP/HTTP JSON (1 span).
+    let trace = (round % 200) as u8 + 1;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", p.http))
+        .header("authorization", p.auth())
+        .header("content-type", "application/x-protobuf")
+        .body(otlp("checkout", trace, 2, p.base).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", p.http))
+        .header("authorization", p.auth())
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&otlp("cart", trace.wrapping_add(100), 1, p.base)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+
+    // gRPC: the ingest service (a web and an app event) and OTLP TraceService (2 spans).
+    let endpoint = format!("http://{}", p.grpc);
+    let mut ingest = IngestServiceClient::connect(endpoint.clone())
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(IngestRequest {
+        events: vec![
+            Event {
+                kind: "web".into(),
+                json: json!({"id": id(7), "session_id": "s2", "timestamp": ts(p, round, 10), "type": "pageview", "path": "/grpc"}).to_string().into_bytes(),
+            },
+            Event {
+                kind: "app".into(),
+                json: json!({"app_id": "openstream", "event_name": "play", "user_id": "u-grpc", "timestamp": ts(p, round, 11), "properties": {"round": round}}).to_string().into_bytes(),
+            },
+        ],
+        source_id: "e2e-grpc".into(),
+    });
+    let _ = request
+        .metadata_mut()
+        .insert("authorization", p.auth().parse().unwrap());
+    let answer = ingest.ingest(request).await.unwrap().into_inner();
+    assert_eq!(answer.events_accepted, 2, "{answer:?}");
+    let mut traces = TraceServiceClient::connect(endpoint).await.unwrap();
+    let mut request = tonic::Request::new(otlp("search", trace.wrapping_add(50), 2, p.base));
+    let _ = request
+        .metadata_mut()
+        .insert("authorization", p.auth().parse().unwrap());
+    let _ = traces.export(request).await.unwrap();
+}
+
+async fn count(client: &clickhouse::Client, table: &str, tenant: &str, final_: bool) -> u64 {
+    let sql = format!(
+        "SELECT count() FROM {table} {} WHERE tenant_id = ?",
+        if final_ { "FINAL" } else { "" }
+    );
+    client
+        .query(&sql)
+        .bind(tenant)
+        .fetch_one()
+        .await
+        .unwrap_or(0)
+}
+
+/// Waits until every table holds `rounds` worth of rows, then checks there are no more.
+async fn assert_exactly_once_in_clickhouse(p: &Pipeline, rounds: u64) {
+    let client = p.clickhouse();
+    for (table, per_round) in PER_ROUND {
+        let expected = per_round * rounds;
+        let mut seen = 0;
+        for _ in 0..600 {
+            seen = count(&client, table, &p.tenant, false).await;
+            if seen >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Anything late would be a duplicate: give it a moment to show up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let raw = count(&client, table, &p.tenant, false).await;
+        let distinct: u64 = client
+            .query(&format!(
+                "SELECT uniqExact(event_id) FROM {table} WHERE tenant_id = ?"
+            ))
+            .bind(&p.tenant)
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(
+            (raw, distinct),
+            (expected, expected),
+            "{table}: rows / distinct events (saw {seen})"
+        );
+        assert_eq!(
+            count(&client, table, &p.tenant, true).await,
+            expected,
+            "{table} FINAL"
+        );
+    }
+}
+
+fn archived(root: &Path, tenant: &str) -> BTreeMap<String, u64> {
+    let mut per_kind = BTreeMap::new();
+    let base = root.join("raw").join(tenant);
+    let Ok(kinds) = std::fs::read_dir(&base) else {
+        return per_kind;
+    };
+    for kind in kinds.flatten() {
+        let mut n = 0;
+        let mut stack = vec![kind.path()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else if entry.path().extension().is_some_and(|e| e == "json") {
+                    n += 1;
+                }
+            }
+        }
+        let _ = per_kind.insert(kind.file_name().to_string_lossy().into_owned(), n);
+    }
+    per_kind
+}
+
+async fn assert_exactly_once_in_archive(p: &Pipeline, rounds: u64) {
+    let expected = BTreeMap::from([
+        ("app".to_owned(), 2 * rounds),
+        ("decision".to_owned(), 2 * rounds),
+        ("metric".to_owned(), 2 * rounds),
+        ("run".to_owned(), rounds),
+        ("span".to_owned(), 5 * rounds),
+        ("step".to_owned(), 2 * rounds),
+        ("web".to_owned(), 6 * rounds),
+    ]);
+    let mut seen = BTreeMap::new();
+    for _ in 0..300 {
+        seen = archived(&p.archive, &p.tenant);
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen, expected, "objects per kind under raw/{}/", p.tenant);
+}
+
+async fn assert_normalized_and_enriched(p: &Pipeline) {
+    let client = p.clickhouse();
+    let (browser, plan, retention): (String, String, u16) = client
+        .query("SELECT browser, tags['plan'], retention_days FROM events FINAL WHERE tenant_id = ? AND event_type = 'pageview' AND path = '/' LIMIT 1")
+        .bind(&p.tenant)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        (browser.as_str(), plan.as_str(), retention),
+        ("Chrome", "paid", 90)
+    );
+    let (unit, value, env, region): (String, f64, String, String) = client
+        .query("SELECT unit, value, tags['host.env'], tags['region'] FROM metric_samples FINAL WHERE tenant_id = ? AND metric = 'latency' LIMIT 1")
+        .bind(&p.tenant)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(unit, "s", "ms normalized to seconds");
+    assert!((0.25..0.5).contains(&value), "{value}");
+    assert_eq!(
+        (env.as_str(), region.as_str()),
+        ("prod", "eu"),
+        "CMDB host tags and lowercased tag keys"
+    );
+    let services: Vec<String> = client
+        .query("SELECT DISTINCT service_name FROM spans FINAL WHERE tenant_id = ? ORDER BY service_name")
+        .bind(&p.tenant)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(services, ["cart", "checkout", "search"]);
+    let ratio: f64 = client
+        .query("SELECT elimination_ratio FROM steps FINAL WHERE tenant_id = ? AND name = 'filter' LIMIT 1")
+        .bind(&p.tenant)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!((ratio - 0.6).abs() < 1e-9, "{ratio}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_lands_exactly_once_in_clickhouse_and_the_archive() {
+    let p = pipeline().await;
+    send_every_kind(&p, 0).await;
+    assert_exactly_once_in_clickhouse(&p, 1).await;
+    assert_exactly_once_in_archive(&p, 1).await;
+    assert_normalized_and_enriched(&p).await;
+    // Re-sending the same events (a client retry) changes nothing: same ids, same event.
+    send_every_kind(&p, 0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_exactly_once_in_archive(&p, 1).await;
+    let client = p.clickhouse();
+    for (table, n) in PER_ROUND {
+        assert_eq!(
+            count(&client, table, &p.tenant, true).await,
+            n,
+            "{table} after a client retry"
+        );
+    }
+    p.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sink_and_archiver_crash_and_restart_mid_stream_without_loss_or_duplicates() {
+    let mut p = pipeline().await;
+    let rounds = 12;
+    for round in 0..rounds {
+        send_every_kind(&p, round).await;
+        if round == 4 {
+            p.kill("clickhouse-sink").await;
+            p.kill("s3-archiver").await;
+        }
+        if round == 7 {
+            p.start("clickhouse-sink").await;
+            p.start("s3-archiver").await;
+        }
+        if round == 9 {
+            // A second crash while catching up.
+            p.kill("clickhouse-sink").await;
+            p.start("clickhouse-sink").await;
+        }
+    }
+    assert_exactly_once_in_clickhouse(&p, u64::from(rounds)).await;
+    assert_exactly_once_in_archive(&p, u64::from(rounds)).await;
+    p.stop_all().await;
+}
