@@ -89,10 +89,8 @@ pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
         .open()
         .map_err(|e| ServiceError::startup("object store", e))?;
     deps::check_archive(&mut harness, &archive);
-    let written = metrics::counter!(format!(
-        "{}_objects_written_total",
-        service.replace('-', "_")
-    ));
+    // The name is a contract (deploy/metrics.md): spelled out, not derived.
+    let written = metrics::counter!("s3_archiver_objects_written_total");
     // Registered at 0 so the series exists (and alerts see its first increase) from start-up.
     written.increment(0);
     let codec =
