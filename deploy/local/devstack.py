@@ -13,6 +13,7 @@ VE_CLICKHOUSE_USER / VE_CLICKHOUSE_PASSWORD) and the chDB front is not started.
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,14 @@ def up(args):
     if port_open(BROKER_PORT):
         log(f"broker already listening on {BROKER_PORT}, reusing it")
     else:
+        # Tansu keeps topics in memory, so a new broker starts every topic at offset 0. The
+        # ClickHouse data and archive of an earlier broker would then disagree with the topics
+        # (the sink's per-partition watermarks would skip the new records): the local stack is
+        # ephemeral as a whole.
+        for stale in ("clickhouse", "archive"):
+            if (STACK / stale).exists():
+                log(f"new broker: clearing {STACK / stale} from the previous run")
+                shutil.rmtree(STACK / stale)
         p, lf = start("broker", [str(TANSU), "broker", "--listener-url", f"tcp://{BROKER}",
                                  "--advertised-listener-url", f"tcp://{BROKER}",
                                  "--storage-engine", "memory://tansu/"])
