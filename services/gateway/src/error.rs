@@ -88,6 +88,14 @@ impl GatewayError {
     }
 }
 
+impl From<ve_auth::AuthError> for GatewayError {
+    fn from(e: ve_auth::AuthError) -> Self {
+        match e {
+            ve_auth::AuthError::Unauthorized => Self::Unauthorized,
+        }
+    }
+}
+
 /// What a client told "unavailable" should wait: long enough for a broker leader election.
 const UNAVAILABLE_RETRY_SECS: u64 = 5;
 

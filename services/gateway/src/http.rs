@@ -22,9 +22,9 @@ use serde_json::value::RawValue;
 use ve_schema::ingest::Kind;
 use ve_telemetry::TraceContext;
 
-use crate::auth::TenantAuth;
 use crate::ingest::count_rejected;
 use crate::{BatchReport, Channel, GatewayError, HttpConfig, Ingestor, Item, RequestMeta, otlp};
+use ve_auth::TenantAuth;
 
 /// Header naming the sending client or SDK (envelope `source.id`).
 pub const SOURCE_HEADER: &str = "x-source-id";

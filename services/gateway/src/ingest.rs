@@ -10,9 +10,9 @@ use ve_schema::ingest::{IngestEvent, Kind};
 use ve_schema::{Body, Codec, Envelope, Map, RawPayload, Source};
 use ve_telemetry::TraceContext;
 
-use crate::auth::TenantAuth;
 use crate::limit::RateLimiter;
 use crate::{Config, GatewayError, Tenants};
+use ve_auth::TenantAuth;
 
 /// How an event reached the gateway (`RawPayload.channel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Ingestor {
         &self,
         header: Option<&str>,
     ) -> Result<std::sync::Arc<TenantAuth>, GatewayError> {
-        self.tenants.authenticate(header)
+        Ok(self.tenants.authenticate(header)?)
     }
 
     /// Batch-size and rate limits for a request of `count` events.

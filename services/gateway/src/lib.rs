@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use ve_kafka::{KafkaConfig, Producer, TopicSpec};
+use ve_kafka::{KafkaConfig, Producer};
 use ve_schema::{Codec, RegistryConfig};
 use ve_service::{AdminConfig, Context, Harness, ServiceConfig, ServiceError, deps};
 use ve_telemetry::LogConfig;
 
-mod auth;
 mod error;
 pub mod grpc;
 pub mod http;
@@ -25,9 +24,9 @@ mod ingest;
 mod limit;
 pub mod otlp;
 
-pub use auth::{TenantAuth, Tenants, hash_api_key};
 pub use error::GatewayError;
 pub use ingest::{BatchReport, Channel, Ingestor, Item, RequestMeta};
+pub use ve_auth::{TenantAuth, Tenants, hash_api_key};
 
 /// Built-in defaults; every key is documented there.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -138,60 +137,32 @@ pub async fn run_with(
     ingest::register_metrics();
 
     let prepared = harness
-        .until_shutdown(async {
-            ve_kafka::ensure_topics(
-                &config.kafka,
-                &[TopicSpec::compacted(config.topics.tenants.clone())],
-            )
-            .await
-            .map_err(|e| ServiceError::startup("tenants topic", e))?;
-            deps::prepare(&config.kafka, &codec, &[config.topics.raw.as_str()], &[]).await
-        })
+        .until_shutdown(deps::prepare(
+            &config.kafka,
+            &codec,
+            &[config.topics.raw.as_str()],
+            &[],
+        ))
         .await;
     let Some(prepared) = prepared else {
         return harness.run(drain).await;
     };
     prepared?;
 
-    let (table, follow) = ve_kafka::CompactedTable::follow(
-        config.kafka.clone(),
-        SERVICE.to_owned(),
-        config.topics.tenants.clone(),
-        auth::tenant_decoder(codec.clone()),
-        harness.token(),
-    );
-    harness.spawn("tenants", follow);
-    {
-        let table = table.clone();
-        harness.check("tenants", move || {
-            let loaded = table.is_ready();
-            async move {
-                if loaded {
-                    Ok(())
-                } else {
-                    Err("tenants topic not loaded yet")
-                }
-            }
-        });
-    }
-    let timeout = Duration::from_millis(config.limits.tenants_load_timeout_ms);
-    match harness.until_shutdown(table.wait_ready(timeout)).await {
-        None => return harness.run(drain).await,
-        Some(false) => {
-            return Err(ServiceError::Startup(format!(
-                "tenants topic {} not loaded within {timeout:?}",
-                config.topics.tenants
-            )));
-        }
-        Some(true) => tracing::info!(tenants = table.len(), "tenants loaded"),
-    }
+    let Some(tenants) = ve_auth::follow_tenants(
+        &mut harness,
+        &config.kafka,
+        SERVICE,
+        &config.topics.tenants,
+        codec.clone(),
+        Duration::from_millis(config.limits.tenants_load_timeout_ms),
+    )
+    .await?
+    else {
+        return harness.run(drain).await;
+    };
 
-    let ingestor = Arc::new(Ingestor::new(
-        Tenants::live(table),
-        codec,
-        producer.clone(),
-        &config,
-    ));
+    let ingestor = Arc::new(Ingestor::new(tenants, codec, producer.clone(), &config));
     let token = harness.token();
     let router = http::router(Arc::clone(&ingestor), &config.http);
     let http_listener = listeners.http;

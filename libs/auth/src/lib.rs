@@ -1,5 +1,6 @@
-//! API keys: `Authorization: Bearer <tenant_id>:<secret>`, checked against the SHA-256 hashes of
-//! the tenant's non-revoked keys from the compacted tenants topic. Every way of failing (no header,
+//! Tenant API keys, shared by every service that takes requests (gateway, query API):
+//! `Authorization: Bearer <tenant_id>:<secret>`, checked against the SHA-256 hashes of the
+//! tenant's non-revoked keys from the compacted tenants topic. Every way of failing (no header,
 //! bad syntax, unknown tenant, wrong or revoked key) looks the same to the caller, and the
 //! comparison takes the same time whether or not the tenant exists.
 
@@ -7,15 +8,23 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
-use ve_kafka::CompactedTable;
+use ve_kafka::{CompactedTable, KafkaConfig, TopicSpec};
 use ve_schema::{Body, Codec, Tenant};
+use ve_service::{Harness, ServiceError};
 
-use crate::GatewayError;
+/// The one way authentication fails. Deliberately without detail: missing header, bad syntax,
+/// unknown tenant, wrong or revoked key all look the same to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid or missing API key")]
+    Unauthorized,
+}
 
-/// A tenant as the gateway needs it: its record plus the decoded hashes of its usable keys.
+/// A tenant as a request handler needs it: its record plus the decoded hashes of its usable keys.
 #[derive(Debug, Clone)]
 pub struct TenantAuth {
     pub tenant: Tenant,
@@ -82,10 +91,10 @@ impl Tenants {
     }
 
     /// Checks an `Authorization` header value.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Arc<TenantAuth>, GatewayError> {
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Arc<TenantAuth>, AuthError> {
         let (tenant_id, secret) = header
             .and_then(parse_bearer)
-            .ok_or(GatewayError::Unauthorized)?;
+            .ok_or(AuthError::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let tenant = self.get(tenant_id);
         let matched = match &tenant {
@@ -98,7 +107,7 @@ impl Tenants {
         };
         match tenant {
             Some(t) if bool::from(matched) => Ok(t),
-            _ => Err(GatewayError::Unauthorized),
+            _ => Err(AuthError::Unauthorized),
         }
     }
 }
@@ -116,7 +125,7 @@ fn parse_bearer(value: &str) -> Option<(&str, &str)> {
 type Decoded = Pin<Box<dyn Future<Output = Result<Arc<TenantAuth>, String>> + Send>>;
 
 /// Decodes a tenants-topic record (an envelope with a `Tenant` body) for the compacted table.
-pub(crate) fn tenant_decoder(codec: Codec) -> impl Fn(Vec<u8>) -> Decoded + Send + Sync + 'static {
+pub fn tenant_decoder(codec: Codec) -> impl Fn(Vec<u8>) -> Decoded + Send + Sync + 'static {
     move |bytes: Vec<u8>| {
         let codec = codec.clone();
         Box::pin(async move {
@@ -132,13 +141,67 @@ pub(crate) fn tenant_decoder(codec: Codec) -> impl Fn(Vec<u8>) -> Decoded + Send
     }
 }
 
+/// Ensures the compacted tenants `topic` exists, follows it live under `harness` (with a
+/// readiness check "tenants" that passes once the topic has been read), and waits up to `timeout`
+/// for the first full read. `Ok(None)`: shutdown was requested while waiting.
+pub async fn follow_tenants(
+    harness: &mut Harness,
+    kafka: &KafkaConfig,
+    service: &str,
+    topic: &str,
+    codec: Codec,
+    timeout: Duration,
+) -> Result<Option<Tenants>, ServiceError> {
+    let ensured = harness
+        .until_shutdown(ve_kafka::ensure_topics(
+            kafka,
+            &[TopicSpec::compacted(topic.to_owned())],
+        ))
+        .await;
+    match ensured {
+        None => return Ok(None),
+        Some(ensured) => ensured.map_err(|e| ServiceError::startup("tenants topic", e))?,
+    }
+    let (table, follow) = CompactedTable::follow(
+        kafka.clone(),
+        service.to_owned(),
+        topic.to_owned(),
+        tenant_decoder(codec),
+        harness.token(),
+    );
+    harness.spawn("tenants", follow);
+    {
+        let table = table.clone();
+        harness.check("tenants", move || {
+            let loaded = table.is_ready();
+            async move {
+                if loaded {
+                    Ok(())
+                } else {
+                    Err("tenants topic not loaded yet")
+                }
+            }
+        });
+    }
+    match harness.until_shutdown(table.wait_ready(timeout)).await {
+        None => Ok(None),
+        Some(false) => Err(ServiceError::Startup(format!(
+            "tenants topic {topic} not loaded within {timeout:?}"
+        ))),
+        Some(true) => {
+            tracing::info!(tenants = table.len(), "tenants loaded");
+            Ok(Some(Tenants::live(table)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ve_schema::ApiKey;
 
     use super::*;
 
-    pub(crate) fn tenant(id: &str, keys: &[(&str, bool)]) -> Tenant {
+    fn tenant(id: &str, keys: &[(&str, bool)]) -> Tenant {
         Tenant {
             tenant_id: id.into(),
             name: id.into(),
@@ -184,7 +247,7 @@ mod tests {
             Some("Bearer t2:s3cret"),
         ] {
             let err = tenants.authenticate(bad).unwrap_err();
-            assert!(matches!(err, GatewayError::Unauthorized), "{bad:?}");
+            assert!(matches!(err, AuthError::Unauthorized), "{bad:?}");
         }
     }
 
