@@ -2,7 +2,8 @@
 //! looked up (and registered) once per subject and cached; readers fetch writer schemas by id and
 //! cache them too.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -40,8 +41,12 @@ pub fn subject_for(topic: &str) -> String {
 pub struct Codec {
     encoder: Arc<AvroEncoder>,
     decoder: Arc<AvroDecoder>,
+    /// Schema id -> whether it is this build's envelope schema.
+    same_schema: Arc<RwLock<HashMap<u32, bool>>>,
     url: String,
 }
+
+static OUR_CANONICAL_FORM: LazyLock<String> = LazyLock::new(|| envelope_schema().canonical_form());
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +72,7 @@ impl Codec {
         Ok(Self {
             encoder: Arc::new(AvroEncoder::new(settings.clone())),
             decoder: Arc::new(AvroDecoder::new(settings)),
+            same_schema: Arc::default(),
             url: config.url.clone(),
         })
     }
@@ -128,13 +134,43 @@ impl Codec {
                 SchemaError::Decode(describe(&e))
             }
         })?;
-        let value = decoded
-            .value
-            .resolve_with_names(envelope_schema(), crate::envelope_names())
-            .map_err(|e| {
-                SchemaError::Decode(format!("cannot resolve to the envelope schema: {e}"))
-            })?;
+        let value = if self.written_with_ours(bytes).await {
+            decoded.value
+        } else {
+            decoded
+                .value
+                .resolve_with_names(envelope_schema(), crate::envelope_names())
+                .map_err(|e| {
+                    SchemaError::Decode(format!("cannot resolve to the envelope schema: {e}"))
+                })?
+        };
         Envelope::from_value(value)
+    }
+
+    /// Whether the writer schema of a record is this build's envelope schema, in which case the
+    /// decoded value already has the reader's shape and resolving it (as costly as decoding) is
+    /// skipped. Answered once per schema id.
+    async fn written_with_ours(&self, bytes: &[u8]) -> bool {
+        let Some(id) = Self::schema_id(bytes) else {
+            return false;
+        };
+        if let Some(same) = self
+            .same_schema
+            .read()
+            .ok()
+            .and_then(|m| m.get(&id).copied())
+        {
+            return same;
+        }
+        // The decoder has just fetched and cached this id, so this does not call the registry.
+        let Ok(writer) = self.decoder.get_schema(id).await else {
+            return false;
+        };
+        let same = writer.parsed.canonical_form() == *OUR_CANONICAL_FORM;
+        if let Ok(mut known) = self.same_schema.write() {
+            let _ = known.insert(id, same);
+        }
+        same
     }
 
     /// Schema id carried by a Confluent-framed record, without decoding it.

@@ -84,3 +84,90 @@ async fn incompatible_change_is_refused_and_compatible_one_accepted() {
     let schema: Value = serde_json::from_str(by_id["schema"].as_str().unwrap()).unwrap();
     assert_eq!(schema["fields"][2]["name"], "currency");
 }
+
+/// A record written with an older envelope schema (here: one whose body union lacked the first
+/// kind, so union indexes differ) is resolved to the current envelope by name, while a record
+/// written with the current schema takes the decoder's fast path; both read as the same envelope.
+#[tokio::test]
+async fn an_older_writer_schema_is_resolved_to_the_current_envelope() {
+    use apache_avro::types::Value as Avro;
+    use ve_schema::{Body, Codec, Envelope, Map, Source, WebEvent};
+
+    let stack = Stack::require();
+    let codec = Codec::new(&stack.registry()).unwrap();
+    let envelope = Envelope {
+        event_id: "e-old-writer".into(),
+        event_time: 1_700_000_000_000_000,
+        ingest_time: 1_700_000_000_100_000,
+        tenant_id: "t1".into(),
+        source: Source {
+            kind: "sdk".into(),
+            id: "web-js/1.0".into(),
+        },
+        schema_name: "ve.v1.WebEvent".into(),
+        schema_version: 1,
+        attributes: Map::new(),
+        tags: Map::from([("env".into(), "prod".into())]),
+        body: Body::Web(WebEvent {
+            event_type: "pageview".into(),
+            session_id: "s1".into(),
+            user_id: None,
+            url: Some("https://example.com/a".into()),
+            path: Some("/a".into()),
+            title: None,
+            referrer: None,
+            user_agent: None,
+            selector: None,
+            scroll_depth: Some(0.5),
+            name: None,
+            metrics: Default::default(),
+            properties: "{}".into(),
+        }),
+    };
+
+    // The older schema: the current one without the first body kind.
+    let mut older: Value = serde_json::from_str(ve_schema::envelope_schema_json()).unwrap();
+    let body = older["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "body")
+        .unwrap();
+    let _ = body["type"].as_array_mut().unwrap().remove(0);
+    let older = older.to_string();
+    let subject = unique("old-writer-value");
+    let (status, registered) = post(
+        &reqwest::Client::new(),
+        format!("{}/subjects/{subject}/versions", stack.registry().url),
+        &older,
+    )
+    .await;
+    assert_eq!(status, 200, "{registered}");
+    let older_id = u32::try_from(registered["id"].as_i64().unwrap()).unwrap();
+
+    let Avro::Record(mut fields) = envelope.to_value().unwrap() else {
+        panic!("envelope value is not a record")
+    };
+    for (name, value) in &mut fields {
+        if name == "body" {
+            let Avro::Union(index, inner) = std::mem::replace(value, Avro::Null) else {
+                panic!("body is not a union")
+            };
+            *value = Avro::Union(index - 1, inner);
+        }
+    }
+    let schema = apache_avro::Schema::parse_str(&older).unwrap();
+    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(Avro::Record(fields))
+        .unwrap();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&older_id.to_be_bytes());
+    framed.extend_from_slice(&datum);
+
+    assert_eq!(codec.decode(&framed).await.unwrap(), envelope);
+    let current = codec.encode(&unique("current"), &envelope).await.unwrap();
+    assert_ne!(Codec::schema_id(&current), Some(older_id));
+    assert_eq!(codec.decode(&current).await.unwrap(), envelope);
+}
