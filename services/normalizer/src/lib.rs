@@ -17,7 +17,7 @@ use ve_telemetry::LogConfig;
 
 mod normalize;
 
-pub use normalize::{Normalized, Output, normalize};
+pub use normalize::{INGEST_BYTES, Normalized, Output, normalize};
 
 /// Built-in defaults; every key is documented there.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");

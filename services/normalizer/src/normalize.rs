@@ -32,6 +32,10 @@ pub struct Normalized {
 /// Version of the normalized body contracts this build writes.
 const SCHEMA_VERSION: i32 = 1;
 
+/// Attribute carrying the size in bytes of the event as the gateway accepted it: the invoicer
+/// meters ingested bytes from it, since later stages reshape (and so resize) the event.
+pub const INGEST_BYTES: &str = "ingest_bytes";
+
 /// Normalizes one raw envelope; the error is the dead-letter reason.
 pub fn normalize(raw: &Envelope) -> Result<Normalized, String> {
     let Body::Raw(payload) = &raw.body else {
@@ -73,6 +77,8 @@ pub fn normalize(raw: &Envelope) -> Result<Normalized, String> {
         IngestEvent::Step(step) => Body::Step(pipeline_step(step)),
         IngestEvent::Decision(decision) => Body::Decision(decision_event(decision)),
     };
+    let mut attributes = raw.attributes.clone();
+    let _ = attributes.insert(INGEST_BYTES.to_owned(), payload.payload.len().to_string());
     Ok(Normalized {
         output,
         key,
@@ -84,7 +90,7 @@ pub fn normalize(raw: &Envelope) -> Result<Normalized, String> {
             source: raw.source.clone(),
             schema_name: body.schema_name().to_owned(),
             schema_version: SCHEMA_VERSION,
-            attributes: raw.attributes.clone(),
+            attributes,
             tags,
             body,
         },
@@ -295,6 +301,17 @@ mod tests {
             properties,
             serde_json::json!({"plan": "pro", "button": "buy"})
         );
+    }
+
+    #[test]
+    fn the_accepted_size_travels_as_an_attribute() {
+        let payload = r#"{"app_id":"a","event_name":"open","user_id":"u1","timestamp":"2024-01-01T00:00:00Z"}"#;
+        let n = ok("app", payload);
+        assert_eq!(
+            n.envelope.attributes[INGEST_BYTES],
+            payload.len().to_string()
+        );
+        assert_eq!(n.envelope.attributes["batch_id"], "b1", "others kept");
     }
 
     #[test]
