@@ -55,6 +55,16 @@ impl KafkaConfig {
         config
     }
 
+    /// Consumer prefetch bounds. librdkafka's defaults let one consumer queue up to 64 MiB of
+    /// fetched records and ask for 50 MiB per fetch, which alone exceeds a service's memory budget
+    /// (100 MiB); a few MiB keeps every partition fed at tens of thousands of records per second.
+    /// `[kafka.extra]` overrides them.
+    pub(crate) fn bound_prefetch(config: &mut ClientConfig) {
+        let _ = config
+            .set("queued.max.messages.kbytes", "8192")
+            .set("fetch.max.bytes", "4194304");
+    }
+
     pub(crate) fn apply_extra(&self, config: &mut ClientConfig) {
         for (key, value) in &self.extra {
             let _ = config.set(key, value);

@@ -98,6 +98,7 @@ fn consumer(
             config.max_poll_interval_ms.to_string(),
         )
         .set("statistics.interval.ms", "5000");
+    KafkaConfig::bound_prefetch(&mut client);
     config.apply_extra(&mut client);
     let consumer: StreamConsumer<LoopContext> = client
         .create_with_context(LoopContext {

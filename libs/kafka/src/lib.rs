@@ -16,7 +16,7 @@ pub use config::KafkaConfig;
 pub use consumer::{Outcome, Stage, StageError, run_stage};
 pub use producer::Producer;
 pub use record::{DLQ_HEADERS, OutRecord, Record, dlq_topic};
-pub use tail::{CompactedTable, TailEvent, tail_topic};
+pub use tail::{CompactedTable, TailEvent, read_range, tail_topic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {

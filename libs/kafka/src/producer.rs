@@ -32,7 +32,10 @@ impl Producer {
             .set("acks", "all")
             .set("compression.type", &config.compression)
             .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", config.delivery_timeout_ms.to_string());
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            // Bounded like the consumers' prefetch (default 1 GiB); a full queue makes `send`
+            // wait, which is the back-pressure callers want.
+            .set("queue.buffering.max.kbytes", "32768");
         config.apply_extra(&mut client);
         let inner: FutureProducer = client
             .create()

@@ -44,6 +44,7 @@ where
         // watermarks are not used for this: some brokers (Tansu 0.6) under-report them for
         // multi-record batches.
         .set("enable.partition.eof", "true");
+    KafkaConfig::bound_prefetch(&mut client);
     config.apply_extra(&mut client);
     let consumer: Arc<StreamConsumer> = Arc::new(
         client
@@ -283,5 +284,68 @@ async fn apply<V, D, DF>(
                 tracing::warn!(topic, key = %key, offset = record.offset, reason = %reason, "control record rejected");
             }
         },
+    }
+}
+
+/// Reads the records of one partition with offsets in `from..until`, in order, without a consumer
+/// group: how a stage rebuilds in-memory state (e.g. a dedup window) from the log after a
+/// restart. Stops early at the partition's end if fewer records exist.
+pub async fn read_range(
+    config: &KafkaConfig,
+    service: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    until: i64,
+) -> Result<Vec<Record>, KafkaError> {
+    let mut records = Vec::new();
+    if from >= until {
+        return Ok(records);
+    }
+    let fail = |reason: String| KafkaError::Consume {
+        topics: format!("{topic}/{partition}"),
+        reason,
+    };
+    let mut client = config.client(service);
+    let _ = client
+        // Required by librdkafka even without subscribing; nothing is ever committed under it.
+        .set("group.id", format!("{service}-range-{}", uuid_like()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    config.apply_extra(&mut client);
+    let consumer: StreamConsumer = client
+        .create()
+        .map_err(|e| KafkaError::Config(e.to_string()))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| fail(e.to_string()))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut failures = 0;
+    loop {
+        match consumer.recv().await {
+            Ok(message) => {
+                let record = Record::from_message(&message);
+                if record.offset >= until {
+                    return Ok(records);
+                }
+                let last = record.offset + 1 >= until;
+                records.push(record);
+                if last {
+                    return Ok(records);
+                }
+            }
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => return Ok(records),
+            Err(e) => {
+                failures += 1;
+                if failures > 20 {
+                    return Err(fail(e.to_string()));
+                }
+                tracing::warn!(topic, partition, error = %e, "range read failed, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
