@@ -82,6 +82,13 @@ impl Harness {
     /// Starts serving the admin port of `ctx`; `/health/ready` answers 503 ("starting") until
     /// [`Harness::started`].
     pub fn start(ctx: Context) -> Result<Self, ServiceError> {
+        Self::start_with_routes(ctx, axum::Router::new())
+    }
+
+    /// [`Harness::start`] with operator endpoints of the service's own merged into the admin
+    /// router: they are reachable only where the admin port is (loopback or the cluster network),
+    /// never on a public listener.
+    pub fn start_with_routes(ctx: Context, routes: axum::Router) -> Result<Self, ServiceError> {
         let metrics =
             ve_telemetry::metrics_recorder().map_err(|e| ServiceError::startup("metrics", e))?;
         let health = Health::starting();
@@ -89,7 +96,7 @@ impl Harness {
             .admin
             .local_addr()
             .map_err(|e| ServiceError::startup("admin listener", e))?;
-        let router = ve_telemetry::admin_router(health.clone(), metrics);
+        let router = ve_telemetry::admin_router(health.clone(), metrics).merge(routes);
         // The admin port outlives the drain so probes keep answering (ready=503) until the end.
         let stop = CancellationToken::new();
         let task = tokio::spawn(ve_telemetry::serve_admin(ctx.admin, router, stop.clone()));
