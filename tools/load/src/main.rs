@@ -322,13 +322,21 @@ async fn main() {
         );
     }
     if let Some(url) = &args.clickhouse {
-        end_to_end(&args, url, &run, &tally).await;
+        end_to_end(&args, url, &run, &tally, started, wall).await;
     }
 }
 
-/// Waits until every accepted web/app event of this run is in ClickHouse, then reports the
-/// latency from send time to insertion.
-async fn end_to_end(args: &Args, url: &str, run: &str, tally: &Tally) {
+/// Waits until every accepted web/app event of this run is in ClickHouse, then reports how fast
+/// the whole path carried them (first send to last row visible) and the latency from send time to
+/// insertion.
+async fn end_to_end(
+    args: &Args,
+    url: &str,
+    run: &str,
+    tally: &Tally,
+    started: Instant,
+    sending: Duration,
+) {
     let per_kind = tally.per_kind.lock().await.clone();
     let expected: u64 = per_kind
         .iter()
@@ -368,7 +376,16 @@ async fn end_to_end(args: &Args, url: &str, run: &str, tally: &Tally) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let path = started.elapsed();
     println!("| visible in ClickHouse (web+app) | {seen} of {expected} accepted |");
+    if seen >= expected && expected > 0 {
+        println!(
+            "| whole path (web+app, first send -> last row visible) | {:.1} s = {:.0} events/s; last row {:.1} s after sending ended |",
+            path.as_secs_f64(),
+            expected as f64 / path.as_secs_f64(),
+            path.saturating_sub(sending).as_secs_f64()
+        );
+    }
     let q: Result<Vec<f64>, _> = client
         .query(&format!(
             "SELECT arrayJoin(quantiles(0.5, 0.95, 0.99)(dateDiff('microsecond', event_time, inserted_at))) \
