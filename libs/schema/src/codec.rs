@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
@@ -41,12 +43,33 @@ pub fn subject_for(topic: &str) -> String {
 pub struct Codec {
     encoder: Arc<AvroEncoder>,
     decoder: Arc<AvroDecoder>,
+    /// Topic -> id of this build's schema under the topic's subject.
+    ids: Arc<RwLock<HashMap<String, u32>>>,
     /// Schema id -> whether it is this build's envelope schema.
-    same_schema: Arc<RwLock<HashMap<u32, bool>>>,
+    ours: Arc<RwLock<HashMap<u32, bool>>>,
     url: String,
 }
 
-static OUR_CANONICAL_FORM: LazyLock<String> = LazyLock::new(|| envelope_schema().canonical_form());
+/// A datum writer and reader for this build's envelope schema, built once: building one resolves
+/// the whole schema tree, which would otherwise be paid (or cloned) on every record.
+struct OwnSchema {
+    writer: GenericDatumWriter<'static>,
+    reader: GenericDatumReader<'static>,
+    canonical_form: String,
+}
+
+static OURS: LazyLock<OwnSchema> = LazyLock::new(|| {
+    let schema = envelope_schema();
+    OwnSchema {
+        writer: GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap_or_else(|e| panic!("envelope schema has no datum writer: {e}")),
+        reader: GenericDatumReader::builder(schema)
+            .build()
+            .unwrap_or_else(|e| panic!("envelope schema has no datum reader: {e}")),
+        canonical_form: schema.canonical_form(),
+    }
+});
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +95,8 @@ impl Codec {
         Ok(Self {
             encoder: Arc::new(AvroEncoder::new(settings.clone())),
             decoder: Arc::new(AvroDecoder::new(settings)),
-            same_schema: Arc::default(),
+            ids: Arc::default(),
+            ours: Arc::default(),
             url: config.url.clone(),
         })
     }
@@ -92,51 +116,68 @@ impl Codec {
     pub async fn register(&self, topics: &[&str]) -> Result<Vec<(String, u32)>, SchemaError> {
         let mut ids = Vec::with_capacity(topics.len());
         for topic in topics {
+            let id = self.id_for(topic).await?;
             let subject = subject_for(topic);
-            let schema = self
-                .encoder
-                .get_schema_and_id(&subject, Self::strategy(topic))
-                .await
-                .map_err(|e| classify(&subject, &e))?;
-            tracing::info!(subject = %subject, id = schema.id, "schema registered");
-            ids.push((subject, schema.id));
+            tracing::info!(subject = %subject, id, "schema registered");
+            ids.push((subject, id));
         }
         Ok(ids)
     }
 
-    /// Confluent wire format: magic byte 0, big-endian schema id, Avro datum.
+    /// Confluent wire format: magic byte 0, big-endian schema id, Avro datum. The topic's schema
+    /// id is looked up (registering this build's schema) once; after that encoding is local.
     pub async fn encode(&self, topic: &str, envelope: &Envelope) -> Result<Vec<u8>, SchemaError> {
+        let id = self.id_for(topic).await?;
         let value = envelope.to_value()?;
-        self.encoder
-            .encode_value(value, &Self::strategy(topic))
-            .await
-            .map_err(|e| {
-                if e.retriable {
-                    SchemaError::Unavailable(describe(&e))
-                } else {
-                    classify(&subject_for(topic), &e)
-                }
-            })
+        let mut bytes = Vec::with_capacity(512);
+        bytes.push(0);
+        bytes.extend_from_slice(&id.to_be_bytes());
+        let _ = OURS
+            .writer
+            .write_value(&mut bytes, value)
+            .map_err(|e| SchemaError::Encode(e.to_string()))?;
+        Ok(bytes)
     }
 
-    /// Decodes with the writer's schema (fetched by id, cached), then resolves to this build's
-    /// envelope schema so older and newer writers both read as the current types.
+    async fn id_for(&self, topic: &str) -> Result<u32, SchemaError> {
+        if let Some(id) = self.ids.read().ok().and_then(|m| m.get(topic).copied()) {
+            return Ok(id);
+        }
+        let subject = subject_for(topic);
+        let schema = self
+            .encoder
+            .get_schema_and_id(&subject, Self::strategy(topic))
+            .await
+            .map_err(|e| classify(&subject, &e))?;
+        if let Ok(mut ids) = self.ids.write() {
+            let _ = ids.insert(topic.to_owned(), schema.id);
+            let _ = self
+                .ours
+                .write()
+                .map(|mut ours| ours.insert(schema.id, true));
+        }
+        Ok(schema.id)
+    }
+
+    /// Decodes with the writer's schema (fetched by id, cached). A record written with this
+    /// build's schema is read directly; one written with another (older or newer) schema is
+    /// resolved to this build's envelope, so every writer reads as the current types.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Envelope, SchemaError> {
-        if bytes.len() < 5 || bytes[0] != 0 {
+        let Some(id) = Self::schema_id(bytes) else {
             return Err(SchemaError::Decode(
                 "not in Confluent wire format (magic byte 0 + schema id)".into(),
             ));
-        }
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
-            if e.retriable {
-                SchemaError::Unavailable(describe(&e))
-            } else {
-                SchemaError::Decode(describe(&e))
-            }
-        })?;
-        let value = if self.written_with_ours(bytes).await {
-            decoded.value
+        };
+        let value = if self.written_with_ours(id).await? {
+            OURS.reader
+                .read_value(&mut &bytes[5..])
+                .map_err(|e| SchemaError::Decode(format!("schema id {id}: {e}")))?
         } else {
+            let decoded = self
+                .decoder
+                .decode(Some(bytes))
+                .await
+                .map_err(|e| decode_error(&e))?;
             decoded
                 .value
                 .resolve_with_names(envelope_schema(), crate::envelope_names())
@@ -147,30 +188,22 @@ impl Codec {
         Envelope::from_value(value)
     }
 
-    /// Whether the writer schema of a record is this build's envelope schema, in which case the
-    /// decoded value already has the reader's shape and resolving it (as costly as decoding) is
-    /// skipped. Answered once per schema id.
-    async fn written_with_ours(&self, bytes: &[u8]) -> bool {
-        let Some(id) = Self::schema_id(bytes) else {
-            return false;
-        };
-        if let Some(same) = self
-            .same_schema
-            .read()
-            .ok()
-            .and_then(|m| m.get(&id).copied())
-        {
-            return same;
+    /// Whether schema `id` is this build's envelope schema (compared in canonical form), asked of
+    /// the registry once per id.
+    async fn written_with_ours(&self, id: u32) -> Result<bool, SchemaError> {
+        if let Some(same) = self.ours.read().ok().and_then(|m| m.get(&id).copied()) {
+            return Ok(same);
         }
-        // The decoder has just fetched and cached this id, so this does not call the registry.
-        let Ok(writer) = self.decoder.get_schema(id).await else {
-            return false;
-        };
-        let same = writer.parsed.canonical_form() == *OUR_CANONICAL_FORM;
-        if let Ok(mut known) = self.same_schema.write() {
-            let _ = known.insert(id, same);
+        let writer = self
+            .decoder
+            .get_schema(id)
+            .await
+            .map_err(|e| decode_error(&e))?;
+        let same = writer.parsed.canonical_form() == OURS.canonical_form;
+        if let Ok(mut ours) = self.ours.write() {
+            let _ = ours.insert(id, same);
         }
-        same
+        Ok(same)
     }
 
     /// Schema id carried by a Confluent-framed record, without decoding it.
@@ -186,6 +219,14 @@ fn describe(e: &SRCError) -> String {
     match &e.cause {
         Some(cause) => format!("{}: {cause}", e.error),
         None => e.error.clone(),
+    }
+}
+
+fn decode_error(e: &SRCError) -> SchemaError {
+    if e.retriable {
+        SchemaError::Unavailable(describe(e))
+    } else {
+        SchemaError::Decode(describe(e))
     }
 }
 
