@@ -725,6 +725,13 @@ pub fn validate_rule(rule: &AlertRule) -> Result<(), CtlError> {
     if rule.for_seconds < 0 {
         return Err(CtlError::Usage("--for-seconds must not be negative".into()));
     }
+    // The rules service refuses these: a zero-second window or silence means nothing.
+    if rule.kind != "threshold" && rule.for_seconds == 0 {
+        return Err(CtlError::Usage(format!(
+            "a {} rule needs --for-seconds of at least 1",
+            rule.kind
+        )));
+    }
     Ok(())
 }
 
@@ -846,6 +853,15 @@ mod tests {
         let mut r = rule("absence", Some("heartbeat"));
         r.operator = "=~".into();
         assert!(validate_rule(&r).is_err());
+        let mut silent = rule("absence", Some("heartbeat"));
+        silent.for_seconds = 0;
+        assert!(validate_rule(&silent).is_err(), "zero seconds of silence");
+        let mut at_once = rule("threshold", Some("cpu_load"));
+        at_once.for_seconds = 0;
+        assert!(
+            validate_rule(&at_once).is_ok(),
+            "a threshold may fire at once"
+        );
     }
 
     #[test]
