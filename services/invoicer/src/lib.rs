@@ -162,6 +162,20 @@ async fn wait_loaded(usage: &UsageView, invoices: &InvoiceBook, tenants: &Compac
     }
 }
 
+/// Registers the contract's always-present series at 0 (deploy/metrics.md).
+fn register_metrics() {
+    for name in [
+        "invoicer_events_metered_total",
+        "invoicer_duplicates_dropped_total",
+        "invoicer_invoices_issued_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for outcome in ["adjustment", "expired"] {
+        metrics::counter!("invoicer_late_events_total", "outcome" => outcome).increment(0);
+    }
+}
+
 pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
     config
         .billing
@@ -171,6 +185,7 @@ pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
     let drain = Duration::from_millis(config.admin.drain_timeout_ms);
     let api = Api::default();
     let mut harness = Harness::start_with_routes(ctx, router(api.clone()))?;
+    register_metrics();
     deps::check_broker(&mut harness, &config.kafka);
     deps::check_registry(&mut harness, &config.registry);
     let codec =
