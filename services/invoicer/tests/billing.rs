@@ -512,3 +512,113 @@ async fn a_close_request_must_name_a_period_start() {
     );
     running.stop().await;
 }
+
+/// Runs another service of the pipeline in this process until the returned token is cancelled.
+fn spawn_service<F>(
+    service: &'static str,
+    run: impl FnOnce(ve_service::Context) -> F + Send + 'static,
+) -> CancellationToken
+where
+    F: std::future::Future<Output = Result<(), ve_service::ServiceError>> + Send + 'static,
+{
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    drop(tokio::spawn(async move {
+        let mut ctx = ve_service::Context::ephemeral(service).await.unwrap();
+        ctx.shutdown = token;
+        let _ = run(ctx).await;
+    }));
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invoices_land_in_clickhouse_and_the_archive() {
+    let fixture = Fixture::new().await;
+    let tenant = unique("landing");
+    let p0 = past_period(4);
+    fixture
+        .send_events(&[
+            event(&format!("{tenant}-1"), &tenant, p0 + 1, 100, web()),
+            event(&format!("{tenant}-2"), &tenant, p0 + 2, 100, span()),
+        ])
+        .await;
+    let running = Running::start(fixture.config()).await;
+    running.until_events(&tenant, p0, 1).await;
+    let (_, closed) = running.close(p0).await;
+    let invoice = closed["invoices"][0].clone();
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+
+    let database = unique("invoicer_landing");
+    let mut sink: ve_clickhouse_sink::Config =
+        service_config("clickhouse-sink", ve_clickhouse_sink::DEFAULTS, Vec::new());
+    sink.kafka.group_id = unique("sink");
+    sink.clickhouse.database = database.clone();
+    sink.topics.invoices = fixture.invoices.clone();
+    sink.topics.enriched = unique("unused_enriched");
+    sink.topics.alerts = unique("unused_alerts");
+    sink.topics.dead_letters = vec![unique("unused_dlq")];
+    let clickhouse_url = sink.clickhouse.url.clone();
+    let stop_sink = spawn_service("clickhouse-sink", move |ctx| {
+        ve_clickhouse_sink::run(sink, ctx)
+    });
+
+    let mut archiver: ve_s3_archiver::Config =
+        service_config("s3-archiver", ve_s3_archiver::DEFAULTS, Vec::new());
+    archiver.kafka.group_id = unique("archiver");
+    archiver.topics.invoices = fixture.invoices.clone();
+    archiver.topics.raw = unique("unused_raw");
+    let archive = archiver
+        .object_store
+        .url
+        .strip_prefix("file://")
+        .unwrap()
+        .to_owned();
+    let stop_archiver = spawn_service("s3-archiver", move |ctx| ve_s3_archiver::run(archiver, ctx));
+
+    let document = std::path::Path::new(&archive)
+        .join("invoices")
+        .join(&tenant)
+        .join(format!("{id}.json"));
+    let query = format!(
+        "SELECT invoice_id, total_micros, JSONLength(lines) AS lines FROM {database}.invoices FINAL \
+         WHERE tenant_id = '{tenant}' FORMAT JSONEachRow"
+    );
+    let http = reqwest::Client::new();
+    let mut rows = String::new();
+    let mut stored = None;
+    for _ in 0..600 {
+        if rows.is_empty()
+            && let Ok(response) = http.post(&clickhouse_url).body(query.clone()).send().await
+            && response.status().is_success()
+        {
+            rows = response.text().await.unwrap_or_default();
+        }
+        if stored.is_none() {
+            stored = std::fs::read(&document).ok();
+        }
+        if !rows.is_empty() && stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_sink.cancel();
+    stop_archiver.cancel();
+    running.stop().await;
+
+    let row: Value = serde_json::from_str(rows.trim()).expect("one invoice row in ClickHouse");
+    assert_eq!(row["invoice_id"], json!(id));
+    assert_eq!(
+        row["total_micros"].as_i64(),
+        invoice["total_micros"].as_i64(),
+        "{row}"
+    );
+    assert_eq!(
+        row["lines"].as_u64(),
+        Some(invoice["lines"].as_array().unwrap().len() as u64)
+    );
+    let stored: Value =
+        serde_json::from_slice(&stored.expect("invoice document archived")).unwrap();
+    assert_eq!(stored["invoice_id"], json!(id));
+    assert_eq!(stored["total_micros"], invoice["total_micros"]);
+    assert_eq!(stored["lines"], invoice["lines"]);
+}
