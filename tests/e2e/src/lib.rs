@@ -35,6 +35,9 @@ pub struct Pipeline {
     /// The gateway's HTTP and gRPC addresses once it runs.
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The query API's HTTP and gRPC addresses once it runs.
+    pub query_http: SocketAddr,
+    pub query_grpc: SocketAddr,
     running: BTreeMap<&'static str, Running>,
     /// Time origin of the events a test sends.
     pub base: chrono::DateTime<chrono::Utc>,
@@ -102,6 +105,17 @@ impl Pipeline {
                     format!("file://{}", self.archive.display()),
                 );
             }
+            "rules" => {
+                set("TOPICS__INPUTS", format!("[{}]", t("events.enriched.v1")));
+                set("TOPICS__RULES", t("control.rules.v1"));
+                set("TOPICS__ALERTS", t("ops.alert.v1"));
+                set("EVALUATION__TICK_INTERVAL_MS", "250".to_owned());
+            }
+            "query-api" => {
+                set("TOPICS__TENANTS", t("control.tenants.v1"));
+                set("TOPICS__ALERTS", t("ops.alert.v1"));
+                set("CLICKHOUSE__DATABASE", self.database.clone());
+            }
             _ => unreachable!("{service}"),
         }
         env
@@ -139,6 +153,21 @@ impl Pipeline {
                 service_config(service, ve_s3_archiver::DEFAULTS, env),
                 ctx,
             )),
+            "rules" => tokio::spawn(ve_rules::run(
+                service_config(service, ve_rules::DEFAULTS, env),
+                ctx,
+            )),
+            "query-api" => {
+                let config: ve_query_api::Config =
+                    service_config(service, ve_query_api::DEFAULTS, env);
+                let listeners = ve_query_api::Listeners {
+                    http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                    grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                };
+                self.query_http = listeners.http.local_addr().unwrap();
+                self.query_grpc = listeners.grpc.local_addr().unwrap();
+                tokio::spawn(ve_query_api::run_with(config, ctx, listeners))
+            }
             _ => unreachable!(),
         };
         let _ = self.running.insert(service, Running { token, handle });
@@ -162,6 +191,15 @@ impl Pipeline {
             );
         }
         let _ = std::fs::remove_dir_all(&self.archive);
+    }
+
+    /// Broker and registry clients for the admin library (`ve_ctl`), as an operator has.
+    pub fn admin(&self) -> (ve_kafka::KafkaConfig, Codec) {
+        let stack = Stack::require();
+        (
+            stack.kafka("e2e-ctl"),
+            Codec::new(&stack.registry()).unwrap(),
+        )
     }
 
     pub fn auth(&self) -> String {
@@ -215,54 +253,72 @@ async fn wait_ready(
 /// The five ingest services, started on a fresh tenant (plan paid) with a CMDB entry for host
 /// `web-1`.
 pub async fn pipeline() -> Pipeline {
-    let stack = Stack::require();
-    let prefix = unique("e2e");
-    let mut p = Pipeline {
-        database: prefix.clone(),
-        archive: std::env::temp_dir().join(&prefix),
-        tenant: format!("acme{}", &prefix[prefix.len() - 8..]),
-        api_key: String::new(),
-        http: "127.0.0.1:0".parse().unwrap(),
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        running: BTreeMap::new(),
-        base: chrono::Utc::now(),
-        prefix,
-    };
-    let kafka = stack.kafka("e2e-ctl");
-    let codec = Codec::new(&stack.registry()).unwrap();
-    for control in ["control.tenants.v1", "control.cmdb.v1"] {
-        ve_ctl::ensure_control_topic(&kafka, &p.topic(control))
-            .await
-            .unwrap();
-    }
-    let spec = ve_ctl::TenantSpec::new(&p.tenant, "Acme", ve_ctl::Plan::Paid);
-    let (_, key) = ve_ctl::create_tenant(&kafka, &codec, &p.topic("control.tenants.v1"), spec)
-        .await
-        .unwrap();
-    p.api_key = key.api_key.expose().to_owned();
-    let tags = BTreeMap::from([
-        ("env".to_owned(), "prod".to_owned()),
-        ("Team".to_owned(), "payments".to_owned()),
-    ]);
-    let _ = ve_ctl::set_cmdb_host(
-        &kafka,
-        &codec,
-        &p.topic("control.cmdb.v1"),
-        &p.tenant,
-        "web-1",
-        tags,
-        false,
-    )
-    .await
-    .unwrap();
-    for service in [
+    pipeline_of(&[
         "clickhouse-sink",
         "s3-archiver",
         "enricher",
         "normalizer",
         "gateway",
-    ] {
+    ])
+    .await
+}
+
+/// `services`, started in this order on a fresh tenant (plan paid) with a CMDB entry for host
+/// `web-1`.
+pub async fn pipeline_of(services: &[&'static str]) -> Pipeline {
+    let mut p = Pipeline::prepare().await;
+    for service in services {
         p.start(service).await;
     }
     p
+}
+
+impl Pipeline {
+    /// A fresh tenant (plan paid, an API key) on this test's control topics, with a CMDB entry for
+    /// host `web-1`; no service runs yet.
+    pub async fn prepare() -> Self {
+        let stack = Stack::require();
+        let prefix = unique("e2e");
+        let mut p = Self {
+            database: prefix.clone(),
+            archive: std::env::temp_dir().join(&prefix),
+            tenant: format!("acme{}", &prefix[prefix.len() - 8..]),
+            api_key: String::new(),
+            http: "127.0.0.1:0".parse().unwrap(),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            query_http: "127.0.0.1:0".parse().unwrap(),
+            query_grpc: "127.0.0.1:0".parse().unwrap(),
+            running: BTreeMap::new(),
+            base: chrono::Utc::now(),
+            prefix,
+        };
+        let kafka = stack.kafka("e2e-ctl");
+        let codec = Codec::new(&stack.registry()).unwrap();
+        for control in ["control.tenants.v1", "control.cmdb.v1", "control.rules.v1"] {
+            ve_ctl::ensure_control_topic(&kafka, &p.topic(control))
+                .await
+                .unwrap();
+        }
+        let spec = ve_ctl::TenantSpec::new(&p.tenant, "Acme", ve_ctl::Plan::Paid);
+        let (_, key) = ve_ctl::create_tenant(&kafka, &codec, &p.topic("control.tenants.v1"), spec)
+            .await
+            .unwrap();
+        p.api_key = key.api_key.expose().to_owned();
+        let tags = BTreeMap::from([
+            ("env".to_owned(), "prod".to_owned()),
+            ("Team".to_owned(), "payments".to_owned()),
+        ]);
+        let _ = ve_ctl::set_cmdb_host(
+            &kafka,
+            &codec,
+            &p.topic("control.cmdb.v1"),
+            &p.tenant,
+            "web-1",
+            tags,
+            false,
+        )
+        .await
+        .unwrap();
+        p
+    }
 }
