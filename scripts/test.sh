@@ -25,9 +25,11 @@ export VE_TEST_CLICKHOUSE_COMPRESSION="${VE_TEST_CLICKHOUSE_COMPRESSION:-none}"
 cargo nextest run --workspace --locked --profile ci
 
 "$PY" deploy/local/test_chdb_http.py
-# Deployment tests. LiveMetricsTest (scraping running services) is left out until the services
-# run their pipelines and export the pipeline metrics; see README "Tests".
+# Deployment tests: chart, probes, compose, Dockerfile, the metric contract against the dashboard
+# and alert rules, then the live cross-check (every service started on this stack, traffic through
+# all of them, each /metrics scraped).
 PYTHON="$PY" bash deploy/tests/run.sh test_chart test_probes test_compose test_dockerfile \
   test_metrics_contract.ContractFileTest test_metrics_contract.DashboardTest \
   test_metrics_contract.AlertRulesTest test_metrics_contract.ExpositionCheckTest
+PYTHON="$PY" bash deploy/tests/live.sh
 echo "all tests passed"

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::producer::metric_prefix;
-use crate::{KafkaConfig, KafkaError, OutRecord, Producer, Record};
+use crate::{KafkaConfig, KafkaError, OutRecord, Producer, Record, dlq_topic};
 
 /// What became of one record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +131,12 @@ pub async fn run_stage<S: Stage>(
     let errors = metrics::counter!(format!("{prefix}_pipeline_errors_total"));
     let flush_seconds = metrics::histogram!(format!("{prefix}_batch_flush_seconds"));
     let flush_interval = Duration::from_millis(config.flush_interval_ms);
+    // The dead-letter series exist from the start at 0, so a DLQ rate is 0 rather than absent on
+    // a healthy system (sinks produce nothing else).
+    for topic in topics {
+        metrics::counter!(format!("{prefix}_records_produced_total"), "topic" => dlq_topic(topic))
+            .increment(0);
+    }
     tracing::info!(topics = ?topics, group = %config.group_id, "consuming");
 
     loop {

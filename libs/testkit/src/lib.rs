@@ -113,7 +113,8 @@ pub fn unique(prefix: &str) -> String {
 
 impl Stack {
     /// Environment overrides that point a service's configuration at this stack (and at a
-    /// private object-store directory), with short consumer-group timeouts.
+    /// private object-store directory), with a consumer group of its own and short group
+    /// timeouts.
     pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
         let prefix = ve_config::env_prefix(service);
         let clickhouse = self.clickhouse("value_engine");
@@ -121,6 +122,9 @@ impl Stack {
         let archive = std::env::temp_dir().join(unique("ve-archive"));
         [
             ("KAFKA__BROKERS", self.kafka("unused").brokers),
+            // Never the service's real consumer group: a test instance that dies mid-rebalance
+            // can leave a member behind that some brokers (Tansu) never evict.
+            ("KAFKA__GROUP_ID", unique(&format!("test-{service}"))),
             ("KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("KAFKA__MAX_POLL_INTERVAL_MS", "7000".to_owned()),
             ("REGISTRY__URL", registry.url),

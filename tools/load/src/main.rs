@@ -229,8 +229,11 @@ async fn main() {
                 let Some(batch_no) = rx.lock().await.recv().await else {
                     break;
                 };
-                // Weighted round robin over the mix, one kind per batch.
-                let mut pick = (batch_no % u64::from(weights.max(1))) as u32;
+                // One kind per batch, in the mix's proportions and interleaved (a plain
+                // `batch_no % weights` would send all of one kind first): batch numbers are
+                // scattered by a multiplicative hash before taking the weighted slot.
+                let scattered = batch_no.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+                let mut pick = (scattered % u64::from(weights.max(1))) as u32;
                 let kind = args
                     .mix
                     .iter()
