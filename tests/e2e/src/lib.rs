@@ -22,6 +22,7 @@ pub const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/
 struct Running {
     token: CancellationToken,
     handle: JoinHandle<Result<(), ServiceError>>,
+    admin: SocketAddr,
 }
 
 /// The services on topics, groups, a database and an archive of this test's own.
@@ -38,6 +39,8 @@ pub struct Pipeline {
     /// The query API's HTTP and gRPC addresses once it runs.
     pub query_http: SocketAddr,
     pub query_grpc: SocketAddr,
+    /// Extra configuration (full `VE_<SERVICE>__...` names) applied when a service starts.
+    pub overrides: Vec<(String, String)>,
     running: BTreeMap<&'static str, Running>,
     /// Time origin of the events a test sends.
     pub base: chrono::DateTime<chrono::Utc>,
@@ -111,6 +114,14 @@ impl Pipeline {
                 set("TOPICS__ALERTS", t("ops.alert.v1"));
                 set("EVALUATION__TICK_INTERVAL_MS", "250".to_owned());
             }
+            "invoicer" => {
+                set("TOPICS__INPUT", t("events.enriched.v1"));
+                set("TOPICS__TENANTS", t("control.tenants.v1"));
+                set("TOPICS__INVOICES", t("billing.invoice.v1"));
+                set("TOPICS__USAGE", t("billing.usage.v1"));
+                // Closed on demand by the tests, never by the clock.
+                set("BILLING__SCHEDULE", "false".to_owned());
+            }
             "query-api" => {
                 set("TOPICS__TENANTS", t("control.tenants.v1"));
                 set("TOPICS__ALERTS", t("ops.alert.v1"));
@@ -118,6 +129,12 @@ impl Pipeline {
             }
             _ => unreachable!("{service}"),
         }
+        env.extend(
+            self.overrides
+                .iter()
+                .filter(|(k, _)| k.starts_with(&p))
+                .cloned(),
+        );
         env
     }
 
@@ -153,6 +170,10 @@ impl Pipeline {
                 service_config(service, ve_s3_archiver::DEFAULTS, env),
                 ctx,
             )),
+            "invoicer" => tokio::spawn(ve_invoicer::run(
+                service_config(service, ve_invoicer::DEFAULTS, env),
+                ctx,
+            )),
             "rules" => tokio::spawn(ve_rules::run(
                 service_config(service, ve_rules::DEFAULTS, env),
                 ctx,
@@ -170,8 +191,20 @@ impl Pipeline {
             }
             _ => unreachable!(),
         };
-        let _ = self.running.insert(service, Running { token, handle });
+        let _ = self.running.insert(
+            service,
+            Running {
+                token,
+                handle,
+                admin,
+            },
+        );
         wait_ready(service, admin, &self.running[service].handle).await;
+    }
+
+    /// Base URL of a running service's admin port.
+    pub fn admin_url(&self, service: &str) -> String {
+        format!("http://{}", self.running[service].admin)
     }
 
     /// A crash: the task is dropped mid-flight, nothing drains, nothing more is committed.
@@ -288,6 +321,7 @@ impl Pipeline {
             grpc: "127.0.0.1:0".parse().unwrap(),
             query_http: "127.0.0.1:0".parse().unwrap(),
             query_grpc: "127.0.0.1:0".parse().unwrap(),
+            overrides: Vec::new(),
             running: BTreeMap::new(),
             base: chrono::Utc::now(),
             prefix,
