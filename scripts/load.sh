@@ -22,7 +22,11 @@ tenant="load$(date +%s)"
 key=$(target/release/ve-ctl --brokers "127.0.0.1:$((9092 + OFFSET))" --registry "http://127.0.0.1:$((8081 + OFFSET))" \
       --json tenant create --id "$tenant" --name "Load test" --plan enterprise \
         --rate-limit-eps 100000000 --burst 100000000 | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d.get("api_key") or d["key"]["api_key"])')
-sleep 2 # the gateway follows the tenants topic live
+# A threshold rule every cpu_load sample over 90 fires (alert latency, below).
+target/release/ve-ctl --brokers "127.0.0.1:$((9092 + OFFSET))" --registry "http://127.0.0.1:$((8081 + OFFSET))" \
+  rule set --tenant "$tenant" --id cpu-high --name "CPU high" --metric cpu_load --operator '>' \
+  --threshold 90 --for-seconds 0 --group-by host >/dev/null
+sleep 2 # the gateway and the rules service follow the control topics live
 
 echo "## machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 run() {
@@ -43,6 +47,10 @@ rss() {
 MIX=web=60,app=30,metric=10
 run --rate 5000 --concurrency 8 --mix "$MIX" --clickhouse "$CLICKHOUSE" --database value_engine
 rss "since start, after the 5,000 events/s run"
+echo
+echo "### alert latency (pipeline drained)"
+"$PY" scripts/alert_latency.py --gateway "$GATEWAY" --query-api "http://127.0.0.1:$((8088 + OFFSET))" \
+  --tenant "$tenant" --key "$key" --samples 20
 run --rate 10000 --concurrency 16 --mix "$MIX" --clickhouse "$CLICKHOUSE" --database value_engine
 run --rate 0 --concurrency 32 --mix web=100 --clickhouse "$CLICKHOUSE" --database value_engine --wait 600
 rss "since start, after all runs"
