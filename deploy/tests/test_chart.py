@@ -118,8 +118,13 @@ class LintAndSchemaTest(ChartTestCase):
         kinds = {o["kind"] for o in self.default.objects}
         self.assertFalse(kinds & {"Ingress", "NetworkPolicy", "ServiceMonitor"}, "optional objects are off by default")
         hpas = {self.default.component(h) for h in self.default.kind("HorizontalPodAutoscaler")}
-        consumers = {"normalizer", "enricher", "rules", "clickhouse-sink", "s3-archiver", "invoicer"}
-        self.assertEqual(hpas, consumers | {"gateway"}, "HPA for the gateway and the consumer services")
+        consumers = {"normalizer", "enricher", "clickhouse-sink", "s3-archiver"}
+        self.assertEqual(hpas, consumers | {"gateway"}, "HPA for the gateway and the scalable consumer services")
+        # The invoicer runs the scheduled period close and rate rules count across partitions:
+        # single instances unless the operator opts in.
+        singles = {self.default.component(d): d["spec"].get("replicas") for d in self.default.kind("Deployment")
+                   if self.default.component(d) in {"rules", "invoicer"}}
+        self.assertEqual(singles, {"rules": 1, "invoicer": 1})
         self.assertIn("Value Engine", self.default.notes)
 
     def test_schema_accepts_the_good_values(self) -> None:
