@@ -22,6 +22,21 @@ pub enum TailEvent {
     CaughtUp,
 }
 
+/// The tailing consumer's context: partition-EOF is how it knows it caught up, so librdkafka
+/// reporting each one as a "global error" is noise, not an error.
+struct TailContext;
+
+impl rdkafka::ClientContext for TailContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::error!(error = %error, reason, "librdkafka error");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for TailContext {}
+
 /// Hands every record of `topic` (all partitions, from the beginning) to `handler`, in offset order
 /// per partition, then follows new records until `shutdown`.
 pub async fn tail_topic<F, Fut>(
@@ -46,9 +61,9 @@ where
         .set("enable.partition.eof", "true");
     KafkaConfig::bound_prefetch(&mut client);
     config.apply_extra(&mut client);
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<StreamConsumer<TailContext>> = Arc::new(
         client
-            .create()
+            .create_with_context(TailContext)
             .map_err(|e| KafkaError::Config(e.to_string()))?,
     );
 
@@ -312,9 +327,10 @@ pub async fn read_range(
         .set("group.id", format!("{service}-range-{}", uuid_like()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
+    KafkaConfig::bound_prefetch(&mut client);
     config.apply_extra(&mut client);
-    let consumer: StreamConsumer = client
-        .create()
+    let consumer: StreamConsumer<TailContext> = client
+        .create_with_context(TailContext)
         .map_err(|e| KafkaError::Config(e.to_string()))?;
     let mut assignment = TopicPartitionList::new();
     assignment
