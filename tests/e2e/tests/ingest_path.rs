@@ -260,27 +260,51 @@ async fn assert_exactly_once_in_clickhouse(p: &Pipeline, rounds: u64) {
     }
 }
 
-fn archived(root: &Path, tenant: &str) -> BTreeMap<String, u64> {
-    let mut per_kind = BTreeMap::new();
+/// What the archive holds for `tenant`: the lines of the JSON Lines segment objects under
+/// `raw/{tenant}/`, counted per kind (the key's second part) and per event id.
+#[derive(Debug, Default, PartialEq)]
+struct Archived {
+    per_kind: BTreeMap<String, u64>,
+    per_event: BTreeMap<String, u64>,
+}
+
+fn archived(root: &Path, tenant: &str) -> Archived {
+    let mut found = Archived::default();
     let base = root.join("raw").join(tenant);
     let Ok(kinds) = std::fs::read_dir(&base) else {
-        return per_kind;
+        return found;
     };
     for kind in kinds.flatten() {
         let mut n = 0;
         let mut stack = vec![kind.path()];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
                 if entry.file_type().unwrap().is_dir() {
-                    stack.push(entry.path());
-                } else if entry.path().extension().is_some_and(|e| e == "json") {
+                    stack.push(path);
+                    continue;
+                }
+                assert!(
+                    path.extension().is_some_and(|e| e == "jsonl"),
+                    "only segment objects under raw/: {}",
+                    path.display()
+                );
+                // PUTs replace objects atomically: a file is always a whole segment.
+                let bytes = std::fs::read(&path).unwrap();
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let line: serde_json::Value = serde_json::from_slice(line)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    let id = line["event_id"].as_str().unwrap().to_owned();
+                    *found.per_event.entry(id).or_default() += 1;
                     n += 1;
                 }
             }
         }
-        let _ = per_kind.insert(kind.file_name().to_string_lossy().into_owned(), n);
+        let _ = found
+            .per_kind
+            .insert(kind.file_name().to_string_lossy().into_owned(), n);
     }
-    per_kind
+    found
 }
 
 async fn assert_exactly_once_in_archive(p: &Pipeline, rounds: u64) {
@@ -293,15 +317,30 @@ async fn assert_exactly_once_in_archive(p: &Pipeline, rounds: u64) {
         ("step".to_owned(), 2 * rounds),
         ("web".to_owned(), 6 * rounds),
     ]);
-    let mut seen = BTreeMap::new();
+    let mut seen = Archived::default();
     for _ in 0..300 {
         seen = archived(&p.archive, &p.tenant);
-        if seen == expected {
+        if seen.per_kind == expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(seen, expected, "objects per kind under raw/{}/", p.tenant);
+    assert_eq!(
+        seen.per_kind, expected,
+        "events per kind under raw/{}/",
+        p.tenant
+    );
+    let copies: Vec<(&String, &u64)> = seen.per_event.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        copies.is_empty(),
+        "events archived more than once: {copies:?}"
+    );
+    assert_eq!(
+        seen.per_event.len() as u64,
+        expected.values().sum::<u64>(),
+        "distinct events under raw/{}/",
+        p.tenant
+    );
 }
 
 async fn assert_normalized_and_enriched(p: &Pipeline) {
