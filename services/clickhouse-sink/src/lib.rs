@@ -82,6 +82,9 @@ pub struct SinkConfig {
     pub insert_timeout_ms: u64,
     /// Pause between attempts to apply the migrations while ClickHouse is unreachable at start.
     pub migrate_retry_ms: u64,
+    /// The s3-archiver's `[archive] segment_offsets`: `decision_events.s3_key` names the archive
+    /// object holding the raw payload, which depends on it.
+    pub archive_segment_offsets: i64,
 }
 
 impl ServiceConfig for Config {
@@ -144,6 +147,7 @@ pub async fn run(config: Config, ctx: Context) -> Result<(), ServiceError> {
         &config.topics.dead_letters,
         &config.topics.alerts,
         Duration::from_millis(config.sink.insert_timeout_ms),
+        config.sink.archive_segment_offsets,
     );
     let topics = config.topics.all();
     let token = harness.token();

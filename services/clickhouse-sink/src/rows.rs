@@ -55,18 +55,28 @@ pub(crate) fn retention_days(tags: &Map) -> u16 {
         .unwrap_or(DEFAULT_RETENTION_DAYS)
 }
 
-/// The archive key of an event's raw payload, as the s3-archiver writes it:
-/// `raw/{tenant}/{kind}/{yyyy}/{mm}/{dd}/{event_id}.json`, date = event_time (UTC).
+/// The archive object holding an event's raw payload, as the s3-archiver writes it:
+/// `raw/{tenant}/{kind}/{yyyy}/{mm}/{dd}/p{partition}-{segment_start:020}.jsonl` (date =
+/// event_time UTC; partition and offset of the raw record, stamped by the normalizer as
+/// attributes; `segment_start` = offset rounded down to `segment_offsets`). The payload is the
+/// line with the event's id. Empty when the record does not say where its raw record was.
 pub(crate) fn archive_key(
     tenant: &str,
     kind: &str,
     event_time_micros: i64,
-    event_id: &str,
+    attributes: &Map,
+    segment_offsets: i64,
 ) -> String {
+    let position = |name: &str| attributes.get(name).and_then(|v| v.parse::<i64>().ok());
+    let (Some(partition), Some(offset)) = (position("raw_partition"), position("raw_offset"))
+    else {
+        return String::new();
+    };
+    let start = offset - offset.rem_euclid(segment_offsets.max(1));
     let date = chrono::DateTime::from_timestamp_micros(event_time_micros)
         .unwrap_or_default()
         .format("%Y/%m/%d");
-    format!("raw/{tenant}/{kind}/{date}/{event_id}.json")
+    format!("raw/{tenant}/{kind}/{date}/p{partition}-{start:020}.jsonl")
 }
 
 /// Where a row came from: the watermark and the deduplication token are computed from these.
@@ -353,7 +363,11 @@ fn tag(tags: &Map, key: &str) -> String {
 }
 
 /// The row an envelope becomes, or why it cannot become one (poison).
-pub(crate) fn route(envelope: Envelope, origin: Origin<'_>) -> Result<Routed<'_>, String> {
+pub(crate) fn route(
+    envelope: Envelope,
+    origin: Origin<'_>,
+    segment_offsets: i64,
+) -> Result<Routed<'_>, String> {
     let Envelope {
         event_id,
         event_time,
@@ -495,7 +509,8 @@ pub(crate) fn route(envelope: Envelope, origin: Origin<'_>) -> Result<Routed<'_>
                 &common.tenant_id,
                 "decision",
                 common.event_time,
-                &common.event_id,
+                &common.attributes,
+                segment_offsets,
             );
             Routed::Decision(DecisionRow::build(
                 common,
@@ -567,8 +582,20 @@ mod tests {
     #[test]
     fn archive_key_follows_the_archiver_layout() {
         // 2023-11-14T22:13:20Z
-        let key = archive_key("t1", "decision", 1_700_000_000_000_000, "e1");
-        assert_eq!(key, "raw/t1/decision/2023/11/14/e1.json");
+        let at = Map::from([
+            ("raw_partition".to_owned(), "3".to_owned()),
+            ("raw_offset".to_owned(), "12345".to_owned()),
+        ]);
+        let key = archive_key("t1", "decision", 1_700_000_000_000_000, &at, 1000);
+        assert_eq!(
+            key,
+            "raw/t1/decision/2023/11/14/p3-00000000000000012000.jsonl"
+        );
+        assert_eq!(
+            archive_key("t1", "decision", 0, &Map::new(), 1000),
+            "",
+            "no position, no key"
+        );
     }
 
     #[test]

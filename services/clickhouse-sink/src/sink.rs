@@ -117,6 +117,7 @@ pub(crate) struct Sink {
     rows_inserted: [metrics::Counter; Table::ALL.len()],
     flush_failures: metrics::Counter,
     parallelism: usize,
+    archive_segment_offsets: i64,
 }
 
 /// Metric names (deploy/metrics.md).
@@ -130,6 +131,7 @@ impl Sink {
         dead_letter_topics: &[String],
         alerts_topic: &str,
         insert_timeout: Duration,
+        archive_segment_offsets: i64,
     ) -> Self {
         let rows_inserted =
             Table::ALL.map(|t| metrics::counter!(ROWS_INSERTED, "table" => t.name()));
@@ -150,6 +152,7 @@ impl Sink {
             rows_inserted,
             flush_failures,
             parallelism: std::thread::available_parallelism().map_or(1, usize::from),
+            archive_segment_offsets,
         }
     }
 
@@ -257,7 +260,7 @@ impl Sink {
                     continue;
                 }
             };
-            match route(envelope, Origin::of(record)) {
+            match route(envelope, Origin::of(record), self.archive_segment_offsets) {
                 Ok(routed) => tables.push(routed),
                 Err(reason) => *outcome = Outcome::Poison(reason),
             }
@@ -495,6 +498,7 @@ mod tests {
             &["x.dlq".to_owned()],
             "alerts",
             Duration::from_secs(1),
+            1000,
         )
     }
 

@@ -416,7 +416,13 @@ async fn fixtures(world: &World) -> Sent {
         ),
         w.envelope("step-1", t(14), step("s1", 1, 100, 50)),
         w.envelope("step-2", t(15), step("s2", 2, 50, 10)),
-        w.envelope("decision-1", t(16), decision("d1", "kept")),
+        {
+            // Where the normalizer found its raw record on ingest.raw.v1.
+            let mut e = w.envelope("decision-1", t(16), decision("d1", "kept"));
+            let _ = e.attributes.insert("raw_partition".into(), "2".into());
+            let _ = e.attributes.insert("raw_offset".into(), "4321".into());
+            e
+        },
         w.envelope("decision-2", t(17), decision("d2", "eliminated")),
     ];
     let alerts = vec![
@@ -591,7 +597,10 @@ async fn lands_every_kind_once_and_replays_change_nothing() {
         .to_string();
     assert_eq!(
         keys[0],
-        format!("raw/{}/decision/{date}/decision-1.json", world.tenant)
+        format!(
+            "raw/{}/decision/{date}/p2-00000000000000004000.jsonl",
+            world.tenant
+        )
     );
 
     // Rollups.

@@ -17,7 +17,7 @@ use ve_telemetry::LogConfig;
 
 mod normalize;
 
-pub use normalize::{INGEST_BYTES, Normalized, Output, normalize};
+pub use normalize::{INGEST_BYTES, Normalized, Output, RAW_OFFSET, RAW_PARTITION, normalize};
 
 /// Built-in defaults; every key is documented there.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -133,7 +133,10 @@ impl Normalizer {
                 Failure::Poison(e.to_string())
             }
         })?;
-        let normalized = normalize(&envelope).map_err(Failure::Poison)?;
+        let mut normalized = normalize(&envelope).map_err(Failure::Poison)?;
+        let attributes = &mut normalized.envelope.attributes;
+        let _ = attributes.insert(RAW_PARTITION.to_owned(), record.partition.to_string());
+        let _ = attributes.insert(RAW_OFFSET.to_owned(), record.offset.to_string());
         let topic = match normalized.output {
             Output::Events => &self.topics.normalized,
             Output::Metrics => &self.topics.metric,

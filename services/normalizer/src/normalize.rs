@@ -35,6 +35,11 @@ const SCHEMA_VERSION: i32 = 1;
 /// Attribute carrying the size in bytes of the event as the gateway accepted it: the invoicer
 /// meters ingested bytes from it, since later stages reshape (and so resize) the event.
 pub const INGEST_BYTES: &str = "ingest_bytes";
+/// Attributes carrying where the event's raw record sits on `ingest.raw.v1` (partition, offset):
+/// the s3-archiver's object for it is derived from that position, so later stages (the
+/// clickhouse-sink's `s3_key`) can point at the archived payload.
+pub const RAW_PARTITION: &str = "raw_partition";
+pub const RAW_OFFSET: &str = "raw_offset";
 
 /// Normalizes one raw envelope; the error is the dead-letter reason.
 pub fn normalize(raw: &Envelope) -> Result<Normalized, String> {

@@ -382,6 +382,25 @@ async fn assert_normalized_and_enriched(p: &Pipeline) {
         .await
         .unwrap();
     assert!((ratio - 0.6).abs() < 1e-9, "{ratio}");
+    // A decision's `s3_key` names the archive object that holds its raw payload.
+    let keys: Vec<(String, String)> = client
+        .query("SELECT event_id, s3_key FROM decision_events FINAL WHERE tenant_id = ?")
+        .bind(&p.tenant)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for (event_id, key) in keys {
+        let object = std::fs::read_to_string(p.archive.join(&key))
+            .unwrap_or_else(|e| panic!("s3_key {key} of {event_id}: {e}"));
+        assert!(
+            object
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|line| line["event_id"] == event_id.as_str()),
+            "{key} does not hold {event_id}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
