@@ -37,11 +37,15 @@ run() {
 }
 rss() {
   echo
-  echo "### peak resident memory (VmHWM, MiB) $1"
+  echo "### peak resident memory (VmHWM) and CPU time used, $1"
+  echo "| process | peak RSS MiB | CPU time |"
+  echo "|---|---|---|"
   for f in .stack/run/*.pid; do
     name=$(basename "$f" .pid)
-    rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$f")/status" 2>/dev/null || echo "?")
-    echo "| $name | $rss |"
+    pid=$(cat "$f")
+    rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo "?")
+    cpu=$(ps -o cputime= -p "$pid" 2>/dev/null | tr -d ' ' || echo "?")
+    echo "| $name | $rss | $cpu |"
   done
 }
 MIX=web=60,app=30,metric=10
