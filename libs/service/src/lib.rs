@@ -247,6 +247,20 @@ pub struct ListenConfig {
     pub listen: SocketAddr,
 }
 
+impl ListenConfig {
+    /// Binds the configured address.
+    pub async fn bind(&self) -> Result<TcpListener, ServiceError> {
+        bind(self.listen).await
+    }
+}
+
+/// Binds a request port; the start-up error names the address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServiceError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServiceError::startup(&format!("cannot bind {addr}"), e))
+}
+
 /// `--healthcheck`: exit 0 when the running service's `/health/ready` answers 200. Lets container
 /// images without a shell or curl (distroless) declare a Docker/Compose health check.
 fn healthcheck(listen: SocketAddr) -> ExitCode {

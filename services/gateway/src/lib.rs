@@ -103,14 +103,9 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, ServiceError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| ServiceError::startup(&format!("cannot bind {addr}"), e))
-        };
         Ok(Self {
-            http: bind(config.http.listen).await?,
-            grpc: bind(config.grpc.listen).await?,
+            http: ve_service::bind(config.http.listen).await?,
+            grpc: ve_service::bind(config.grpc.listen).await?,
         })
     }
 }

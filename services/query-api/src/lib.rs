@@ -7,7 +7,6 @@
 //! ([`store`]); tenant SQL is parsed, checked and rewritten first ([`sql`]). Live alerts come
 //! from one follower of `ops.alert.v1` fanned out to every stream client ([`alerts`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,14 +117,9 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, ServiceError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| ServiceError::startup(&format!("cannot bind {addr}"), e))
-        };
         Ok(Self {
-            http: bind(config.http.listen).await?,
-            grpc: bind(config.grpc.listen).await?,
+            http: config.http.bind().await?,
+            grpc: config.grpc.bind().await?,
         })
     }
 }
