@@ -58,3 +58,18 @@ echo "### alert latency (pipeline drained)"
 run --rate 10000 --concurrency 16 --mix "$MIX" --clickhouse "$CLICKHOUSE" --database value_engine
 run --rate 0 --concurrency 32 --mix web=100 --clickhouse "$CLICKHOUSE" --database value_engine --wait 600
 rss "since start, after all runs"
+
+# The gateway's own capacity on this machine: the broker, registry and ClickHouse engine keep
+# running, the consuming services are paused (SIGSTOP), so the gateway and the broker have the two
+# cores to themselves. Resumed afterwards; the figure is "accepted durably" (broker acks=all).
+echo
+echo "### gateway alone (consumers paused)"
+paused=()
+for name in normalizer enricher clickhouse-sink s3-archiver rules invoicer query-api; do
+  f=".stack/run/$name.pid"
+  [ -f "$f" ] && kill -STOP "$(cat "$f")" && paused+=("$(cat "$f")")
+done
+resume() { for pid in "${paused[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done; }
+trap 'resume; cleanup' EXIT
+run --rate 0 --concurrency 32 --mix web=100 --duration 20
+resume

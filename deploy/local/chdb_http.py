@@ -562,12 +562,13 @@ def content_type_for(fmt: str) -> str:
 # ---------------------------------------------------------------------------
 
 class Result:
-    __slots__ = ("body", "fmt", "summary")
+    __slots__ = ("body", "fmt", "summary", "waited_ns")
 
     def __init__(self, body: bytes, fmt: str, summary: dict):
         self.body = body
         self.fmt = fmt
         self.summary = summary
+        self.waited_ns = 0  # time spent waiting for the engine lock (logged, not sent)
 
 
 class _Session:
@@ -654,6 +655,7 @@ class Engine:
     # -- execution ---------------------------------------------------------
 
     def execute(self, req: "Request") -> Result:
+        asked = time.monotonic_ns()
         with self.lock:
             if self.closed:
                 raise CHError(STD_EXCEPTION, "Server is shutting down")
@@ -678,6 +680,7 @@ class Engine:
                     if req.close_session and req.session_id in self.sessions:
                         self._close_quietly(self.sessions.pop(req.session_id).conn)
             result.summary["elapsed_ns"] = time.monotonic_ns() - started
+            result.waited_ns = started - asked
             return result
 
     def _query(self, conn, sql: str, fmt: str = "TabSeparated", params=None):
@@ -1061,7 +1064,8 @@ class Handler(BaseHTTPRequestHandler):
             headers["X-ClickHouse-Format"] = result.fmt
         else:
             headers["Content-Type"] = "text/plain; charset=UTF-8"
-        self._log("  -> 200 %dB" % len(result.body))
+        self._log("  -> 200 %dB, %.1f ms waiting for the engine, %.1f ms running" % (
+            len(result.body), result.waited_ns / 1e6, result.summary["elapsed_ns"] / 1e6))
         self._send(200, result.body, headers)
 
 

@@ -187,7 +187,15 @@ pub async fn run_stage<S: Stage>(
             dead_lettered.increment(dead.len() as u64);
         }
 
-        commit(&consumer, &batch)?;
+        // Mid-stream the commit is asynchronous: the outputs are already acknowledged, so a commit
+        // that is lost only means redelivery, which every stage absorbs, while waiting for it
+        // would add a broker round trip to every batch. The last one before stopping is waited for.
+        let mode = if shutdown.is_cancelled() {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        commit(&consumer, &batch, mode)?;
         flush_seconds.record(started.elapsed().as_secs_f64());
         if shutdown.is_cancelled() {
             break;
@@ -287,7 +295,11 @@ async fn send_with_retry(
 }
 
 /// Commits the next offset of every partition in the batch.
-fn commit(consumer: &StreamConsumer<LoopContext>, batch: &[Record]) -> Result<(), KafkaError> {
+fn commit(
+    consumer: &StreamConsumer<LoopContext>,
+    batch: &[Record],
+    mode: CommitMode,
+) -> Result<(), KafkaError> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for record in batch {
         let slot = next
@@ -300,7 +312,7 @@ fn commit(consumer: &StreamConsumer<LoopContext>, batch: &[Record]) -> Result<()
         list.add_partition_offset(topic, partition, Offset::Offset(offset))
             .map_err(|e| KafkaError::Commit(e.to_string()))?;
     }
-    match consumer.commit(&list, CommitMode::Sync) {
+    match consumer.commit(&list, mode) {
         Ok(()) => Ok(()),
         // After a rebalance the partition may belong to another member; the records will be
         // processed again there, which idempotent stages absorb.

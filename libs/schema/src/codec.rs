@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
-use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
@@ -50,26 +48,9 @@ pub struct Codec {
     url: String,
 }
 
-/// A datum writer and reader for this build's envelope schema, built once: building one resolves
-/// the whole schema tree, which would otherwise be paid (or cloned) on every record.
-struct OwnSchema {
-    writer: GenericDatumWriter<'static>,
-    reader: GenericDatumReader<'static>,
-    canonical_form: String,
-}
-
-static OURS: LazyLock<OwnSchema> = LazyLock::new(|| {
-    let schema = envelope_schema();
-    OwnSchema {
-        writer: GenericDatumWriter::builder(schema)
-            .build()
-            .unwrap_or_else(|e| panic!("envelope schema has no datum writer: {e}")),
-        reader: GenericDatumReader::builder(schema)
-            .build()
-            .unwrap_or_else(|e| panic!("envelope schema has no datum reader: {e}")),
-        canonical_form: schema.canonical_form(),
-    }
-});
+/// This build's envelope schema in canonical form: a writer schema equal to it is read by the
+/// direct reader in `wire.rs`, any other one is resolved.
+static OURS: LazyLock<String> = LazyLock::new(|| envelope_schema().canonical_form());
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,14 +109,10 @@ impl Codec {
     /// id is looked up (registering this build's schema) once; after that encoding is local.
     pub async fn encode(&self, topic: &str, envelope: &Envelope) -> Result<Vec<u8>, SchemaError> {
         let id = self.id_for(topic).await?;
-        let value = envelope.to_value()?;
         let mut bytes = Vec::with_capacity(512);
         bytes.push(0);
         bytes.extend_from_slice(&id.to_be_bytes());
-        let _ = OURS
-            .writer
-            .write_value(&mut bytes, value)
-            .map_err(|e| SchemaError::Encode(e.to_string()))?;
+        crate::wire::write_envelope(&mut bytes, envelope)?;
         Ok(bytes)
     }
 
@@ -168,11 +145,11 @@ impl Codec {
                 "not in Confluent wire format (magic byte 0 + schema id)".into(),
             ));
         };
-        let value = if self.written_with_ours(id).await? {
-            OURS.reader
-                .read_value(&mut &bytes[5..])
-                .map_err(|e| SchemaError::Decode(format!("schema id {id}: {e}")))?
-        } else {
+        if self.written_with_ours(id).await? {
+            return crate::wire::read_envelope(&bytes[5..])
+                .map_err(|e| SchemaError::Decode(format!("schema id {id}: {e}")));
+        }
+        let value = {
             let decoded = self
                 .decoder
                 .decode(Some(bytes))
@@ -199,7 +176,7 @@ impl Codec {
             .get_schema(id)
             .await
             .map_err(|e| decode_error(&e))?;
-        let same = writer.parsed.canonical_form() == OURS.canonical_form;
+        let same = writer.parsed.canonical_form() == *OURS;
         if let Ok(mut ours) = self.ours.write() {
             let _ = ours.insert(id, same);
         }

@@ -9,6 +9,7 @@ mod codec;
 pub mod ingest;
 pub mod topics;
 mod types;
+mod wire;
 
 pub use codec::{Codec, RegistryConfig, ping_registry, subject_for};
 pub use types::*;
@@ -41,7 +42,7 @@ impl SchemaError {
 }
 
 /// The body kinds, in union order, with their schema files.
-const BODIES: &[(&str, &str)] = &[
+pub(crate) const BODIES: &[(&str, &str)] = &[
     (
         "ve.v1.RawPayload",
         include_str!("../../../schemas/raw_payload.avsc"),

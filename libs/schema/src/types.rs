@@ -248,6 +248,28 @@ macro_rules! body_kinds {
                 match self { $(Self::$variant(b) => apache_avro::to_value(b),)* }
             }
 
+            /// Writes the body alone with `writer`, a writer of this kind's own schema.
+            pub(crate) fn write_ser(
+                &self,
+                writer: &apache_avro::writer::datum::GenericDatumWriter<'_>,
+                out: &mut Vec<u8>,
+            ) -> Result<usize, apache_avro::Error> {
+                match self { $(Self::$variant(b) => writer.write_ser(out, b),)* }
+            }
+
+            /// Reads the body of union position `index` with `reader`, a reader of that kind's
+            /// own schema; `None` for an index past the union.
+            pub(crate) fn read_deser(
+                index: u32,
+                reader: &apache_avro::reader::datum::GenericDatumReader<'_>,
+                input: &mut &[u8],
+            ) -> Result<Option<Self>, apache_avro::Error> {
+                match index {
+                    $($index => reader.read_deser(input).map(|b| Some(Self::$variant(b))),)*
+                    _ => Ok(None),
+                }
+            }
+
             fn from_union(index: u32, value: &Value) -> Result<Self, SchemaError> {
                 let decode = |e: apache_avro::Error| SchemaError::Decode(format!("body kind {index}: {e}"));
                 match index {

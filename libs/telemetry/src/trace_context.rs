@@ -70,19 +70,25 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        let mut out = [0u8; 32];
+        push_hex(&mut out, &self.trace_id);
+        out.iter().map(|&b| char::from(b)).collect()
     }
 }
 
 impl fmt::Display for TraceContext {
+    /// `00-{trace id}-{span id}-{flags}`, built in one buffer: every record a stage produces
+    /// carries one, so this is on the hot path.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            u8::from(self.sampled)
-        )
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        push_hex(&mut out[3..35], &self.trace_id);
+        out[35] = b'-';
+        push_hex(&mut out[36..52], &self.span_id);
+        out[52] = b'-';
+        push_hex(&mut out[53..55], &[u8::from(self.sampled)]);
+        // Only ASCII hex digits and dashes were written.
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -94,8 +100,13 @@ fn new_span_id() -> [u8; 8] {
     id
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lower-case hex of `bytes` into `out` (two digits per byte).
+fn push_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
