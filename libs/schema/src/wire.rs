@@ -61,7 +61,10 @@ pub(crate) fn write_envelope(out: &mut Vec<u8>, envelope: &Envelope) -> Result<(
     let encode = |e: apache_avro::Error| {
         SchemaError::Encode(format!("{}: {e}", envelope.body.schema_name()))
     };
-    let _ = envelope.body.write_ser(&codec.writer, out)    .map_err(encode)?;
+    let _ = envelope
+        .body
+        .write_ser(&codec.writer, out)
+        .map_err(encode)?;
     Ok(())
 }
 
@@ -152,8 +155,7 @@ fn get_str(input: &mut &[u8], field: &str) -> Result<String, SchemaError> {
     }
     let (text, rest) = input.split_at(len);
     *input = rest;
-    String::from_utf8(text.to_vec())
-        .map_err(|_| SchemaError::Decode(format!("{field}: not UTF-8")))
+    String::from_utf8(text.to_vec()).map_err(|_| SchemaError::Decode(format!("{field}: not UTF-8")))
 }
 
 /// Any block layout is accepted, including negative counts followed by a block size.
@@ -200,8 +202,12 @@ mod tests {
     }
 
     fn generic_bytes(envelope: &Envelope) -> Vec<u8> {
-        let writer = GenericDatumWriter::builder(envelope_schema()).build().unwrap();
-        writer.write_value_to_vec(envelope.to_value().unwrap()).unwrap()
+        let writer = GenericDatumWriter::builder(envelope_schema())
+            .build()
+            .unwrap();
+        writer
+            .write_value_to_vec(envelope.to_value().unwrap())
+            .unwrap()
     }
 
     #[test]
@@ -234,7 +240,17 @@ mod tests {
 
     #[test]
     fn longs_round_trip_at_the_edges() {
-        for value in [0, 1, -1, 63, -64, 64, i64::from(i32::MAX), i64::MIN, i64::MAX] {
+        for value in [
+            0,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            i64::from(i32::MAX),
+            i64::MIN,
+            i64::MAX,
+        ] {
             let mut out = Vec::new();
             put_long(&mut out, value);
             let mut input = &out[..];
