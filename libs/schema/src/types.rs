@@ -306,9 +306,9 @@ fn string_map(map: &Map) -> Value {
 }
 
 impl Envelope {
-    /// The Avro value of this envelope, shaped like the envelope schema. It is not resolved here:
-    /// the datum writer checks every value against the schema as it writes, and a resolve pass
-    /// costs about as much as the encoding itself.
+    /// The generic Avro value of this envelope, shaped like the envelope schema (not resolved).
+    /// `Codec::encode` does not go through it (see `wire.rs`); it is the reference the direct
+    /// writer is tested against, and what other Avro tooling can take.
     pub fn to_value(&self) -> Result<Value, SchemaError> {
         let body = self
             .body
