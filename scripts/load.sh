@@ -29,11 +29,30 @@ target/release/ve-ctl --brokers "127.0.0.1:$((9092 + OFFSET))" --registry "http:
 sleep 2 # the gateway and the rules service follow the control topics live
 
 echo "## machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+# CPU ticks (user + system) of every process the stack started, one "name ticks" line each.
+ticks() {
+  for f in .stack/run/*.pid; do
+    echo "$(basename "$f" .pid) $(awk '{print $14 + $15}' "/proc/$(cat "$f")/stat" 2>/dev/null || echo 0)"
+  done
+}
 run() {
   echo
   echo "### ve-load $*"
+  local before out accepted hz
+  before=$(ticks)
+  out=$(mktemp)
   target/release/ve-load --gateway "$GATEWAY" --tenant "$tenant" --key "$key" \
-    --duration "$DURATION" --batch 100 --size 300 "$@"
+    --duration "$DURATION" --batch 100 --size 300 "$@" | tee "$out"
+  # The run's profile: CPU each process spent from the first send until the run's events were
+  # visible (or the run ended), per accepted event.
+  accepted=$(sed -n 's/^| accepted (durable) | \([0-9]*\) .*/\1/p' "$out")
+  rm -f "$out"
+  hz=$(getconf CLK_TCK)
+  echo
+  echo "| process | CPU s in this run | CPU µs per accepted event |"
+  echo "|---|---|---|"
+  join <(echo "$before" | sort) <(ticks | sort) | awk -v n="${accepted:-0}" -v hz="$hz" '
+    { s = ($3 - $2) / hz; printf "| %s | %.1f | %s |\n", $1, s, (n > 0 ? sprintf("%.1f", s * 1e6 / n) : "-") }'
 }
 rss() {
   echo
