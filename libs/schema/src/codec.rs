@@ -149,19 +149,18 @@ impl Codec {
             return crate::wire::read_envelope(&bytes[5..])
                 .map_err(|e| SchemaError::Decode(format!("schema id {id}: {e}")));
         }
-        let value = {
-            let decoded = self
-                .decoder
-                .decode(Some(bytes))
-                .await
-                .map_err(|e| decode_error(&e))?;
-            decoded
-                .value
-                .resolve_with_names(envelope_schema(), crate::envelope_names())
-                .map_err(|e| {
-                    SchemaError::Decode(format!("cannot resolve to the envelope schema: {e}"))
-                })?
-        };
+        // Another writer schema (older or newer): decode with it, resolve to ours.
+        let decoded = self
+            .decoder
+            .decode(Some(bytes))
+            .await
+            .map_err(|e| decode_error(&e))?;
+        let value = decoded
+            .value
+            .resolve_with_names(envelope_schema(), crate::envelope_names())
+            .map_err(|e| {
+                SchemaError::Decode(format!("cannot resolve to the envelope schema: {e}"))
+            })?;
         Envelope::from_value(value)
     }
 

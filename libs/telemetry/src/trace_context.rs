@@ -71,7 +71,7 @@ impl TraceContext {
 
     pub fn trace_id_hex(&self) -> String {
         let mut out = [0u8; 32];
-        push_hex(&mut out, &self.trace_id);
+        write_hex(&mut out, &self.trace_id);
         out.iter().map(|&b| char::from(b)).collect()
     }
 }
@@ -82,11 +82,11 @@ impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = [0u8; 55];
         out[..3].copy_from_slice(b"00-");
-        push_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[3..35], &self.trace_id);
         out[35] = b'-';
-        push_hex(&mut out[36..52], &self.span_id);
+        write_hex(&mut out[36..52], &self.span_id);
         out[52] = b'-';
-        push_hex(&mut out[53..55], &[u8::from(self.sampled)]);
+        write_hex(&mut out[53..55], &[u8::from(self.sampled)]);
         // Only ASCII hex digits and dashes were written.
         f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
@@ -101,7 +101,7 @@ fn new_span_id() -> [u8; 8] {
 }
 
 /// Lower-case hex of `bytes` into `out` (two digits per byte).
-fn push_hex(out: &mut [u8], bytes: &[u8]) {
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(byte >> 4)];
